@@ -1,0 +1,207 @@
+"""Every patch pst-yolo makes to Ultralytics, in one place.
+
+Ultralytics has no plugin API for model layers, so registration does three narrow things, each idempotent:
+
+1. ``ultralytics.utils.checks.check_file`` also finds pst-yolo's model and recipe YAMLs by bare name (after the working
+   directory, before Ultralytics' own tree), so ``model=yolo11n-pst.yaml`` and ``cfg=pst-det-n.yaml`` resolve.
+2. ``ultralytics.nn.tasks.parse_model`` gets one extra branch, inserted in front of its channel rules, for layers with
+   two inputs (``from: [finer, coarser]``); the PST class names are added to ``ultralytics.nn.tasks``' namespace,
+   where ``parse_model`` looks names up.
+3. The PST classes join torch's safe-globals allow-list so ``ULTRALYTICS_SAFE_LOAD=1`` can load PST checkpoints.
+
+Nothing is patched on an Ultralytics version outside ``SUPPORTED`` (tested range); ``register()`` raises instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+SUPPORTED = ((8, 4, 0), (8, 5, 0))  # [min, max) of ultralytics versions this release is tested with
+SKIP_VERSION_CHECK = "PST_YOLO_SKIP_VERSION_CHECK"
+_PATCHED = "_pst_yolo_patched"
+
+
+def cfg_dirs() -> list[Path]:
+    """Folders that hold pst-yolo's YAMLs: inside the installed package, or the repo root of an editable install."""
+    here = Path(__file__).resolve().parent
+    return [p for p in (here / "cfg", here.parent / "cfg") if p.is_dir()]
+
+
+def find_cfg(name: str) -> Path | None:
+    """Path of a shipped model/recipe YAML given its bare file name, else None."""
+    if not name or Path(name).name != name:
+        return None
+    for d in cfg_dirs():
+        for p in (d / name, *d.glob(f"*/{name}")):
+            if p.is_file():
+                return p
+    return None
+
+
+def _parse_version(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in str(v).split(".")[:3]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def supported_range() -> str:
+    lo, hi = (".".join(map(str, v)) for v in SUPPORTED)
+    return f">={lo},<{hi}"
+
+
+def check_ultralytics_version(version: str | None = None) -> str:
+    """Raise a RuntimeError naming the installed and the supported versions if Ultralytics is outside the range."""
+    if version is None:
+        import ultralytics
+
+        version = ultralytics.__version__
+    if os.environ.get(SKIP_VERSION_CHECK) == "1":
+        return version
+    if not SUPPORTED[0] <= _parse_version(version) < SUPPORTED[1]:
+        raise RuntimeError(
+            f"pst-yolo: Ultralytics {version} is outside the tested range ultralytics{supported_range()}; PST models "
+            f"are not registered. Install 'ultralytics{supported_range()}', or set {SKIP_VERSION_CHECK}=1 to try "
+            "this version at your own risk."
+        )
+    return version
+
+
+# ---------------------------------------------------------------------------------------------------------- checks
+def patch_checks(checks=None) -> None:
+    """Let ``check_file``/``check_yaml`` find pst-yolo YAMLs by bare name."""
+    if checks is None:
+        from ultralytics.utils import checks
+    original = checks.check_file
+    if getattr(original, _PATCHED, False):
+        return
+
+    def check_file(file, *args, **kwargs):
+        s = str(file).strip()
+        if "://" not in s and not os.path.exists(s):
+            found = find_cfg(s)
+            if found is not None:
+                return str(found)
+        return original(file, *args, **kwargs)
+
+    check_file.__doc__ = original.__doc__
+    check_file.__wrapped__ = original
+    setattr(check_file, _PATCHED, True)
+    checks.check_file = check_file
+
+
+# ----------------------------------------------------------------------------------------------------------- tasks
+def pst_channel_rule(i, f, args, ch, n, width, max_channels):
+    """Channel bookkeeping for a two-input PST row; returns ``(c2, args, n)`` as ``parse_model`` needs them.
+
+    ``[[finer, coarser], n, PST, [c2, *rest]]`` becomes ``PST(c1, c_up, c2_scaled, n, *rest)``, built once (n is the
+    number of stacked PSA blocks, not a repeat count).
+    """
+    from ultralytics.utils.ops import make_divisible
+
+    from pst_yolo.modules import hidden_width
+
+    if not (isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(x, int) for x in f)):
+        raise ValueError(
+            f"PST layer {i}: `from` must name exactly two layers [finer, coarser], e.g. [-1, 10]; got {f!r}"
+        )
+    if not args:
+        raise ValueError(f"PST layer {i}: args must start with the output channels c2, got {args!r}")
+    c1, c_up = ch[f[0]], ch[f[1]]
+    c2 = make_divisible(min(args[0], max_channels) * width, 8)
+    e = args[2] if len(args) > 2 else 0.5
+    hidden_width(c2, e, where=f"PST layer {i} (c2={args[0]} x width {width} -> {c2})")
+    return c2, [c1, c_up, c2, n, *args[1:]], 1
+
+
+def _patched_parse_model(parse_model):
+    """Return ``parse_model`` recompiled with ``if m in _PST_MODULES: ...`` before ``if m in base_modules``."""
+    source = textwrap.dedent(inspect.getsource(parse_model))
+    tree = ast.parse(source)
+    fn = tree.body[0]
+    target = None
+    for node in ast.walk(fn):
+        if (
+            isinstance(node, ast.If)
+            and isinstance(node.test, ast.Compare)
+            and isinstance(node.test.left, ast.Name)
+            and node.test.left.id == "m"
+            and isinstance(node.test.comparators[0], ast.Name)
+            and node.test.comparators[0].id == "base_modules"
+        ):
+            target = node
+            break
+    if target is None:
+        raise RuntimeError(
+            "pst-yolo: ultralytics.nn.tasks.parse_model has no `if m in base_modules:` branch; this Ultralytics "
+            f"version is not supported (tested: ultralytics{supported_range()})"
+        )
+    branch = ast.parse(
+        "if m in _PST_MODULES:\n    c2, args, n = _pst_channel_rule(i, f, args, ch, n, width, max_channels)"
+    ).body[0]
+    branch.orelse = [ast.If(test=target.test, body=target.body, orelse=target.orelse)]
+    target.test, target.body, target.orelse = branch.test, branch.body, branch.orelse
+    ast.fix_missing_locations(tree)
+    ast.increment_lineno(tree, parse_model.__code__.co_firstlineno - 1)
+    namespace = parse_model.__globals__
+    code = compile(tree, inspect.getsourcefile(parse_model), "exec", dont_inherit=True)
+    scope = {}
+    exec(code, namespace, scope)
+    patched = scope["parse_model"]
+    patched.__wrapped__ = parse_model
+    setattr(patched, _PATCHED, True)
+    return patched
+
+
+def patch_tasks(tasks=None) -> None:
+    """Register the PST layers in ``ultralytics.nn.tasks`` and teach ``parse_model`` their two-input channel rule."""
+    if tasks is None:
+        from ultralytics.nn import tasks
+    import torch
+
+    from pst_yolo.modules import PST, PSTBlock, PyramidSparseAttention
+
+    layers = {"PST": PST}
+    for name, obj in layers.items():
+        existing = tasks.__dict__.get(name)
+        if existing is not None and existing is not obj:
+            raise RuntimeError(f"pst-yolo: ultralytics.nn.tasks already defines {name!r}; refusing to shadow it")
+        setattr(tasks, name, obj)
+    tasks._PST_MODULES = frozenset(layers.values())
+    tasks._pst_channel_rule = pst_channel_rule
+    if not getattr(tasks.parse_model, _PATCHED, False):
+        tasks.parse_model = _patched_parse_model(tasks.parse_model)
+    if hasattr(torch.serialization, "add_safe_globals"):
+        torch.serialization.add_safe_globals([PST, PSTBlock, PyramidSparseAttention])
+
+
+def register() -> None:
+    """Register pst-yolo with Ultralytics (idempotent). Raises RuntimeError on an untested Ultralytics version."""
+    check_ultralytics_version()
+    patch_checks()
+    patch_tasks()
+
+
+def on_import(name: str) -> None:
+    """Called by the start-up hook right after ``name`` (an Ultralytics module) has been imported."""
+    module = sys.modules[name]
+    try:
+        check_ultralytics_version()
+    except RuntimeError as e:
+        if not _warned:  # once per process, not once per hooked module
+            _warned.append(True)
+            print(f"WARNING ⚠️ {e}", file=sys.stderr)
+        return
+    if name == "ultralytics.utils.checks":
+        patch_checks(module)
+    elif name == "ultralytics.nn.tasks":
+        patch_tasks(module)
+
+
+_warned: list = []

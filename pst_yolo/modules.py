@@ -1,0 +1,190 @@
+"""Pyramid Sparse Transformer (PST) and Pyramid Sparse Attention as Ultralytics model layers.
+
+All projections are Ultralytics ``Conv`` (1x1 conv + BatchNorm [+ SiLU]) so ``model.fuse()`` folds the BatchNorms.
+The name ``PSA`` is taken in Ultralytics (YOLOv10's position-sensitive attention); this file never shadows it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ultralytics.nn.modules import Conv
+
+from pst_yolo.attention import attention, resolve_backend
+from pst_yolo.runtime import check_topk, env_topk
+from pst_yolo.selection import coarse_scores, select_fine_tokens
+
+HEAD_DIM = 32
+THRESHOLD = 1e-6
+
+
+def hidden_width(c2: int, e: float, where: str = "PST") -> int:
+    """``c_ = int(c2 * e)``, which must split into heads of 32 channels."""
+    c_ = int(c2 * e)
+    if c_ < HEAD_DIM or c_ % HEAD_DIM:
+        raise ValueError(
+            f"{where}: hidden width c_ = int(c2 * e) = int({c2} * {e}) = {c_} must be a positive multiple of the "
+            f"head dim {HEAD_DIM}; change c2 (after width scaling) or e"
+        )
+    return c_
+
+
+class PyramidSparseAttention(nn.Module):
+    """Pyramid Sparse Attention: coarse cross-attention to the coarser map plus top-k sparse fine attention.
+
+    Queries come from the finer map ``x`` (B, C, H, W); keys/values from the coarser map ``u`` (B, C, ceil(H/2),
+    ceil(W/2)). Fine attention runs only in eval mode with ``topk > 0`` and reuses the same K/V projections on ``x``
+    at the 2x2 blocks under the top-k coarse keys (paper eqs. 1-6).
+
+    Args:
+        c (int): Channels of both inputs and of the output; a multiple of 32 (head dim).
+        topk (int): Coarse regions refined per head at inference; 0 = coarse only.
+        threshold (float): Minimum mean attention probability for a region to be refined.
+        backend (str | None): Attention kernel (see ``pst_yolo.attention``); None follows ``$PST_ATTN``.
+
+    Examples:
+        >>> attn = PyramidSparseAttention(64).eval()
+        >>> attn(torch.randn(2, 64, 20, 20), torch.randn(2, 64, 10, 10)).shape
+        torch.Size([2, 64, 20, 20])
+    """
+
+    def __init__(self, c: int, topk: int = 8, threshold: float = THRESHOLD, backend: str | None = None):
+        super().__init__()
+        hidden_width(c, 1.0, "PyramidSparseAttention")
+        self.heads, self.head_dim = c // HEAD_DIM, HEAD_DIM
+        self.scale = HEAD_DIM**-0.5
+        self.threshold = float(threshold)
+        self.backend = None if backend is None else resolve_backend(backend)
+        env = env_topk()
+        self.topk = check_topk(topk) if env is None else env
+        self.q = Conv(c, c, 1, act=False)
+        self.k = Conv(c, c, 1, act=False)
+        self.v = Conv(c, c, 1, act=False)
+        self.pe = Conv(c, c, 7, g=c, act=False)  # CPE on the coarse grid
+        self.proj = Conv(c, c, 1, act=False)
+
+    def __setstate__(self, state):
+        """Unpickling a checkpoint re-applies ``PST_TOPK`` so ``PST_TOPK=0 yolo val model=best.pt`` works."""
+        super().__setstate__(state)
+        env = env_topk()
+        if env is not None:
+            self.topk = env
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, heads, H*W, head_dim)."""
+        return t.flatten(2).unflatten(1, (self.heads, self.head_dim)).transpose(-2, -1)
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Attend from ``x`` (B, C, H, W) to ``u`` (B, C, ceil(H/2), ceil(W/2)); returns (B, C, H, W)."""
+        b, c, h, w = x.shape
+        v_map = self.v(u)
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(u)), self._heads(v_map)
+        out = attention(q, k, v, scale=self.scale, backend=self.backend)
+        if self.topk > 0 and not self.training:
+            out = out + self.fine(x, q, k, u.shape[-1])
+        out = out.transpose(-2, -1).reshape(b, c, h, w)
+        pe = F.interpolate(self.pe(v_map), scale_factor=2.0, mode="nearest")[..., :h, :w]
+        return self.proj(out + pe)
+
+    def fine(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, coarse_w: int) -> torch.Tensor:
+        """Sparse fine attention over the 2x2 blocks of the top-k coarse keys; (B, heads, N, head_dim)."""
+        h, w = x.shape[-2:]
+        scores = coarse_scores(q, k, self.scale)
+        index, valid = select_fine_tokens(scores, self.topk, self.threshold, coarse_w, h, w)
+        # Shared projections (paper Table 4e): the coarse K/V convs applied to the finer map.
+        kf, vf = self._heads(self.k(x)), self._heads(self.v(x))
+        gather = index.unsqueeze(-1).expand(-1, -1, -1, self.head_dim)
+        kf, vf = kf.gather(2, gather), vf.gather(2, gather)
+        mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(~valid, torch.finfo(q.dtype).min)
+        out = attention(q, kf, vf, mask=mask.unsqueeze(-2), scale=self.scale, backend=self.backend)
+        # A (batch, head) whose regions all failed the threshold contributes nothing (not a uniform average).
+        return out * valid.any(dim=-1)[..., None, None].to(out.dtype)
+
+
+class PSTBlock(nn.Module):
+    """One stacked stage of PST: ``z + PSA(z, u)`` then ``z + MLP(z)`` (1x1 conv + BN, EfficientFormer style).
+
+    Args:
+        c (int): Channels (multiple of 32).
+        mlp_ratio (float): MLP hidden expansion.
+        topk (int): Fine-attention regions per head at inference.
+        threshold (float): Minimum score of a refined region.
+        backend (str | None): Attention kernel name.
+    """
+
+    def __init__(self, c: int, mlp_ratio: float = 2.0, topk: int = 8, threshold: float = THRESHOLD, backend=None):
+        super().__init__()
+        ch = int(c * mlp_ratio)
+        self.attn = PyramidSparseAttention(c, topk, threshold, backend)
+        self.mlp = nn.Sequential(Conv(c, ch, 1), Conv(ch, c, 1, act=False))
+
+    def forward(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """(B, c, H, W), (B, c, ceil(H/2), ceil(W/2)) -> (B, c, H, W)."""
+        z = z + self.attn(z, u)
+        return z + self.mlp(z)
+
+
+class PST(nn.Module):
+    """Pyramid Sparse Transformer: fuses a finer map with the next coarser one, CSP/ELAN-style output.
+
+    YAML row: ``[[finer, coarser], n, PST, [c2, mlp_ratio, e, k]]``; ``n`` stacked PSA blocks all read K/V from the
+    same coarser map (paper Table 4b).
+
+    Args:
+        c1 (int): Channels of the finer input x (B, c1, H, W).
+        c_up (int): Channels of the coarser input u (B, c_up, ceil(H/2), ceil(W/2)).
+        c2 (int): Output channels.
+        n (int): Number of stacked PSA blocks.
+        mlp_ratio (float): MLP expansion.
+        e (float): Hidden width ratio, ``c_ = int(c2 * e)`` (multiple of 32).
+        k (int): Fine-attention regions per head at inference (0 = coarse only).
+        threshold (float): Minimum score of a refined region.
+        backend (str | None): Attention kernel name, None = ``$PST_ATTN`` or SDPA.
+
+    Examples:
+        >>> m = PST(128, 256, 128).eval()
+        >>> m([torch.randn(1, 128, 40, 40), torch.randn(1, 256, 20, 20)]).shape
+        torch.Size([1, 128, 40, 40])
+    """
+
+    def __init__(self, c1, c_up, c2, n=1, mlp_ratio=2.0, e=0.5, k=8, threshold=THRESHOLD, backend=None):
+        super().__init__()
+        c_ = hidden_width(c2, e)
+        self.cv1 = Conv(c1, c_, 1)
+        self.cvup = Conv(c_up, c_, 1)
+        self.m = nn.ModuleList(PSTBlock(c_, mlp_ratio, k, threshold, backend) for _ in range(n))
+        self.cv2 = Conv((1 + n) * c_, c2, 1)
+
+    def forward(self, xs) -> torch.Tensor:
+        """``[x, u]`` with x (B, c1, H, W), u (B, c_up, ceil(H/2), ceil(W/2)) -> (B, c2, H, W)."""
+        x, u = self._check(xs)
+        x, u = self.cv1(x), self.cvup(u)
+        y = [x]
+        for block in self.m:
+            y.append(block(y[-1], u))
+        return self.cv2(torch.cat(y, 1))
+
+    def _check(self, xs):
+        """Validate the two inputs; errors name this layer (its index in the model when built from YAML)."""
+        name = f"PST layer {self.i}" if hasattr(self, "i") else "PST"
+        if not isinstance(xs, (list, tuple)) or len(xs) != 2:
+            raise ValueError(f"{name}: expects [finer, coarser] feature maps, got {type(xs).__name__}")
+        x, u = xs
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return x, u  # shapes are symbolic while exporting; they were checked on the eager pass
+        if x.dim() != 4 or u.dim() != 4:
+            raise ValueError(f"{name}: inputs must be 4-D (B, C, H, W), got {tuple(x.shape)} and {tuple(u.shape)}")
+        if x.shape[0] != u.shape[0]:
+            raise ValueError(f"{name}: batch sizes differ: finer {x.shape[0]} vs coarser {u.shape[0]}")
+        c1, c_up = self.cv1.conv.in_channels, self.cvup.conv.in_channels
+        if x.shape[1] != c1 or u.shape[1] != c_up:
+            raise ValueError(f"{name}: expected channels ({c1}, {c_up}), got ({x.shape[1]}, {u.shape[1]})")
+        h, w = x.shape[-2:]
+        want = ((h + 1) // 2, (w + 1) // 2)
+        if tuple(u.shape[-2:]) != want:
+            raise ValueError(
+                f"{name}: coarser map must be ceil(H/2) x ceil(W/2) = {want[0]}x{want[1]} of the finer {h}x{w} map, "
+                f"got {u.shape[-2]}x{u.shape[-1]} (check the `from` indices of this row)"
+            )
+        return x, u
