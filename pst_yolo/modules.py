@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ultralytics.nn.modules import Conv
 
 from pst_yolo.attention import attention, resolve_backend
 from pst_yolo.runtime import check_topk, env_topk
@@ -17,6 +16,14 @@ from pst_yolo.selection import coarse_scores, select_fine_tokens
 
 HEAD_DIM = 32
 THRESHOLD = 1e-6
+
+
+def Conv(*args, **kwargs):
+    """Ultralytics ``Conv``, imported on first use: importing Ultralytics runs pst-yolo's registration hook, which
+    imports this module, so a module-level import would be circular."""
+    from ultralytics.nn.modules.conv import Conv as _Conv
+
+    return _Conv(*args, **kwargs)
 
 
 def hidden_width(c2: int, e: float, where: str = "PST") -> int:
