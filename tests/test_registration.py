@@ -120,3 +120,37 @@ def test_channels_not_multiple_of_32_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match=r"PST layer 13 \(c2=320 x width 0.25 -> 80\): hidden width .* = 40 must be"):
         YOLO(str(tmp_path / "bad-ch.yaml"))
+
+
+@pytest.mark.slow
+def test_wheel_install_ships_hook_and_yamls(tmp_path):
+    """A normal (non-editable) install: the wheel carries pst_yolo.pth and the YAMLs inside the package."""
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+                    str(repo)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("pst_yolo-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "pst_yolo.pth" in names and "pst_yolo/cfg/models/yolo11-pst.yaml" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    # PYTHONPATH puts the wheel's copy first; site.addsitedir processes its .pth as site-packages does at start-up
+    import os
+
+    proc = run_python(
+        f"""
+        import site
+        site.addsitedir({str(target)!r})
+        import pst_yolo, pst_yolo.integration as integration
+        assert pst_yolo.__file__.startswith({str(target)!r}), pst_yolo.__file__
+        assert str(integration.find_cfg("yolo11-pst.yaml")).startswith({str(target)!r})
+        from ultralytics import YOLO
+        print("WHEEL OK", YOLO("yolo11n-pst.yaml").task)
+        """,
+        tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )
+    assert "WHEEL OK detect" in proc.stdout
