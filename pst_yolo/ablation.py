@@ -69,7 +69,9 @@ def parse_variants(spec) -> list[Variant]:
         elif re.fullmatch(r"n[1-9]\d*", name):
             out.append(Variant(name, f"4b {name[1:]} stacked PSA blocks", blocks=int(name[1:])))
         else:
-            raise ValueError(f"pst-yolo: unknown ablation variant {name!r}; choose from {sorted(VARIANTS)}, k<int>, n<int>")
+            raise ValueError(
+                f"pst-yolo: unknown ablation variant {name!r}; choose from {sorted(VARIANTS)}, k<int>, n<int>"
+            )
     if not out:
         raise ValueError("pst-yolo: --variants is empty")
     if len({v.name for v in out}) != len(out):

@@ -390,7 +390,9 @@ def load_model(model, device="cpu", k=None):
     return yolo
 
 
-def visualize(model, source, out, imgsz=320, k=None, layers=None, conf=0.25, display=320, device="cpu", max_images=None):
+def visualize(
+    model, source, out, imgsz=320, k=None, layers=None, conf=0.25, display=320, device="cpu", max_images=None
+):
     """Write one PNG (+ JSON sidecar) per image of ``source`` to folder ``out``; returns the ``Visual`` of each."""
     import cv2
 

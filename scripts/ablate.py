@@ -29,9 +29,9 @@ def main(argv=None):
     ap.add_argument("--latency-runs", type=int, default=10)
     args = ap.parse_args(argv)
 
-    from pst_yolo.ablation import markdown_table, run_study
+    from pst_yolo.ablation import run_study
 
-    rows = run_study(args.variants, args.data, args.model, args.scale, args.epochs, args.imgsz, args.batch,
+    run_study(args.variants, args.data, args.model, args.scale, args.epochs, args.imgsz, args.batch,
                      args.device, args.out, args.latency_runs)
     print(open(f"{args.out}/table.md").read())
 

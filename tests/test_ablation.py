@@ -263,5 +263,6 @@ def test_study_runner_two_variants(tmp_path):
         for side in ("fine", "coarse"):
             assert 0.0 <= r[side]["m1"] <= r[side]["m2"] <= 1.0 and r[side]["latency_ms"] > 0
     table = (tmp_path / "run" / "table.md").read_text()
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 3 and "| gating | 4c with self-gating | 8 |" in table
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 3
+    assert "| gating | 4c with self-gating | 8 |" in table
     assert "gating: true" in (tmp_path / "run" / "models" / "yolo11n-pst-gating.yaml").read_text()

@@ -138,11 +138,12 @@ def test_classification_model(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cli_writes_pngs_offline(det_image, tmp_path):
     """The script in a fresh interpreter with every network connection refused (no font or weight download)."""
+    argv = ['--model', 'yolo11n-pst.yaml', '--source', str(det_image), '--out', str(tmp_path), '--imgsz', '64', '--k', '2']
     guard = (
         "import socket, runpy, sys\n"
         "def refuse(*a, **k): raise OSError('network access attempted')\n"
         "socket.socket.connect = refuse; socket.create_connection = refuse\n"
-        f"sys.argv = ['visualize.py'] + {['--model', 'yolo11n-pst.yaml', '--source', str(det_image), '--out', str(tmp_path), '--imgsz', '64', '--k', '2']!r}\n"
+        f"sys.argv = ['visualize.py'] + {argv!r}\n"
         f"runpy.run_path({str(ROOT / 'scripts' / 'visualize.py')!r}, run_name='__main__')\n"
     )
     env = {**__import__("os").environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
