@@ -101,11 +101,13 @@ def pst_channel_rule(i, f, args, ch, n, width, max_channels):
     """Channel bookkeeping for a two-input PST row; returns ``(c2, args, n)`` as ``parse_model`` needs them.
 
     ``[[finer, coarser], n, PST, [c2, *rest]]`` becomes ``PST(c1, c_up, c2_scaled, n, *rest)``, built once (n is the
-    number of stacked PSA blocks, not a repeat count).
+    number of stacked PSA blocks, not a repeat count). ``rest`` may end with a dict of named args
+    (``pst_yolo.switches``).
     """
     from ultralytics.utils.ops import make_divisible
 
     from pst_yolo.modules import hidden_width
+    from pst_yolo.switches import ARG_ORDER, DEFAULTS, check_switches, yaml_args
 
     if not (isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(x, int) for x in f)):
         raise ValueError(
@@ -115,9 +117,12 @@ def pst_channel_rule(i, f, args, ch, n, width, max_channels):
         raise ValueError(f"PST layer {i}: args must start with the output channels c2, got {args!r}")
     c1, c_up = ch[f[0]], ch[f[1]]
     c2 = make_divisible(min(args[0], max_channels) * width, 8)
-    e = args[2] if len(args) > 2 else 0.5
+    rest = yaml_args(args[1:], f"PST layer {i}")  # a trailing dict of named args becomes positional
+    e = rest[1] if len(rest) > 1 else 0.5
     hidden_width(c2, e, where=f"PST layer {i} (c2={args[0]} x width {width} -> {c2})")
-    return c2, [c1, c_up, c2, n, *args[1:]], 1
+    named = dict(zip(ARG_ORDER, rest))
+    check_switches(*(named.get(k, DEFAULTS[k]) for k in ("gating", "shared_kv", "attn")), where=f"PST layer {i}")
+    return c2, [c1, c_up, c2, n, *rest], 1
 
 
 def _patched_parse_model(parse_model):

@@ -10,9 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pst_yolo.attention import attention, resolve_backend
+from pst_yolo.attention import attention, log_once, resolve_backend
+from pst_yolo.linear_attention import linear_attention
 from pst_yolo.runtime import check_topk, env_topk
 from pst_yolo.selection import coarse_scores, select_fine_tokens
+from pst_yolo.switches import check_switches
 
 HEAD_DIM = 32
 THRESHOLD = 1e-6
@@ -49,6 +51,14 @@ class PyramidSparseAttention(nn.Module):
         topk (int): Coarse regions refined per head at inference; 0 = coarse only.
         threshold (float): Minimum mean attention probability for a region to be refined.
         backend (str | None): Attention kernel (see ``pst_yolo.attention``); None follows ``$PST_ATTN``.
+        gating (bool): Ablation (Table 4c, eqs. 7-8): ``g = sigmoid(Conv1d_1x1(concat(O_coarse, O_fine)))`` over the
+            2c concatenated channels per token, ``O = proj(g * O_fine + (1 - g) * O_coarse + CPE)``. With fine
+            attention off (training, k = 0) ``O_fine = 0``, so the gate still scales ``O_coarse``; the fine half of
+            its weights then gets no gradient.
+        shared_kv (bool): Ablation (Table 4e): False gives fine attention its own K/V convs (``k_fine``, ``v_fine``),
+            which coarse-only training never updates (they keep their initial weights).
+        attn (str): Ablation (Table 4d): ``"softmax"`` (paper), or linear attention ``"relu"`` / ``"elu"`` (ELU+1)
+            for the coarse branch, which has no fine branch (topk is ignored, with a one-time log line).
 
     Examples:
         >>> attn = PyramidSparseAttention(64).eval()
@@ -56,7 +66,19 @@ class PyramidSparseAttention(nn.Module):
         torch.Size([2, 64, 20, 20])
     """
 
-    def __init__(self, c: int, topk: int = 8, threshold: float = THRESHOLD, backend: str | None = None):
+    # Class-level defaults of the ablation switches: checkpoints pickled before the switches existed still load.
+    gating, shared_kv, attn = False, True, "softmax"
+
+    def __init__(
+        self,
+        c: int,
+        topk: int = 8,
+        threshold: float = THRESHOLD,
+        backend: str | None = None,
+        gating: bool = False,
+        shared_kv: bool = True,
+        attn: str = "softmax",
+    ):
         super().__init__()
         hidden_width(c, 1.0, "PyramidSparseAttention")
         self.heads, self.head_dim = c // HEAD_DIM, HEAD_DIM
@@ -70,6 +92,23 @@ class PyramidSparseAttention(nn.Module):
         self.v = Conv(c, c, 1, act=False)
         self.pe = Conv(c, c, 7, g=c, act=False)  # CPE on the coarse grid
         self.proj = Conv(c, c, 1, act=False)
+        # ---- ablation switches (paper Table 4c-e); defaults add no modules and leave the forward path as is ----
+        self.gating, self.shared_kv, self.attn = check_switches(gating, shared_kv, attn, "PyramidSparseAttention")
+        if self.gating:
+            self.gate = nn.Conv1d(2 * c, c, 1)  # eq. 7's Conv1d: one linear map per token of concat(O_c, O_f)
+        if not self.shared_kv:
+            self.k_fine = Conv(c, c, 1, act=False)
+            self.v_fine = Conv(c, c, 1, act=False)
+        if self.attn != "softmax" and self.topk > 0:
+            self._log_linear_topk()
+
+    def _log_linear_topk(self):
+        log_once(
+            "linear-attn-topk",
+            f"pst-yolo: linear attention ({self.attn!r}) has no attention probabilities to select from; fine attention "
+            f"is off for it (requested k={self.topk} is ignored)",
+            level=30,
+        )
 
     def __setstate__(self, state):
         """Unpickling a checkpoint re-applies ``PST_TOPK`` so ``PST_TOPK=0 yolo val model=best.pt`` works."""
@@ -87,9 +126,20 @@ class PyramidSparseAttention(nn.Module):
         b, c, h, w = x.shape
         v_map = self.v(u)
         q, k, v = self._heads(self.q(x)), self._heads(self.k(u)), self._heads(v_map)
-        out = attention(q, k, v, scale=self.scale, backend=self.backend)
+        if self.attn == "softmax":
+            out = attention(q, k, v, scale=self.scale, backend=self.backend)
+        else:
+            out = linear_attention(q, k, v, self.attn)
+        fine = None
         if self.topk > 0 and not self.training:
-            out = out + self.fine(x, q, k, u.shape[-1])
+            if self.attn == "softmax":
+                fine = self.fine(x, q, k, u.shape[-1])
+            else:
+                self._log_linear_topk()
+        if self.gating:
+            out = self._gated(out, fine)
+        elif fine is not None:
+            out = out + fine
         out = out.transpose(-2, -1).reshape(b, c, h, w)
         pe = F.interpolate(self.pe(v_map), scale_factor=2.0, mode="nearest")[..., :h, :w]
         return self.proj(out + pe)
@@ -100,13 +150,23 @@ class PyramidSparseAttention(nn.Module):
         scores = coarse_scores(q, k, self.scale)
         index, valid = select_fine_tokens(scores, self.topk, self.threshold, coarse_w, h, w)
         # Shared projections (paper Table 4e): the coarse K/V convs applied to the finer map.
-        kf, vf = self._heads(self.k(x)), self._heads(self.v(x))
+        kp, vp = (self.k, self.v) if self.shared_kv else (self.k_fine, self.v_fine)
+        kf, vf = self._heads(kp(x)), self._heads(vp(x))
         gather = index.unsqueeze(-1).expand(-1, -1, -1, self.head_dim)
         kf, vf = kf.gather(2, gather), vf.gather(2, gather)
         mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(~valid, torch.finfo(q.dtype).min)
         out = attention(q, kf, vf, mask=mask.unsqueeze(-2), scale=self.scale, backend=self.backend)
         # A (batch, head) whose regions all failed the threshold contributes nothing (not a uniform average).
         return out * valid.any(dim=-1)[..., None, None].to(out.dtype)
+
+    def _gated(self, coarse: torch.Tensor, fine: torch.Tensor | None) -> torch.Tensor:
+        """Self-gating fusion of eqs. 7-8 on (B, heads, N, d) outputs; ``fine=None`` (fine off) means zeros."""
+        fine = torch.zeros_like(coarse) if fine is None else fine
+        b, nh, n, d = coarse.shape
+        # channels in the (head, d) order the output map uses: [0, c) coarse, [c, 2c) fine
+        cat = torch.cat([coarse, fine], dim=1).transpose(-2, -1).reshape(b, 2 * nh * d, n)
+        g = self.gate(cat).sigmoid().reshape(b, nh, d, n).transpose(-2, -1)
+        return g * fine + (1 - g) * coarse
 
 
 class PSTBlock(nn.Module):
@@ -118,12 +178,23 @@ class PSTBlock(nn.Module):
         topk (int): Fine-attention regions per head at inference.
         threshold (float): Minimum score of a refined region.
         backend (str | None): Attention kernel name.
+        gating, shared_kv, attn: Ablation switches, see ``PyramidSparseAttention``.
     """
 
-    def __init__(self, c: int, mlp_ratio: float = 2.0, topk: int = 8, threshold: float = THRESHOLD, backend=None):
+    def __init__(
+        self,
+        c: int,
+        mlp_ratio: float = 2.0,
+        topk: int = 8,
+        threshold: float = THRESHOLD,
+        backend=None,
+        gating=False,
+        shared_kv=True,
+        attn="softmax",
+    ):
         super().__init__()
         ch = int(c * mlp_ratio)
-        self.attn = PyramidSparseAttention(c, topk, threshold, backend)
+        self.attn = PyramidSparseAttention(c, topk, threshold, backend, gating, shared_kv, attn)
         self.mlp = nn.Sequential(Conv(c, ch, 1), Conv(ch, c, 1, act=False))
 
     def forward(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -148,6 +219,10 @@ class PST(nn.Module):
         k (int): Fine-attention regions per head at inference (0 = coarse only).
         threshold (float): Minimum score of a refined region.
         backend (str | None): Attention kernel name, None = ``$PST_ATTN`` or SDPA.
+        gating (bool): Self-gating of coarse and fine outputs (Table 4c ablation; paper default False).
+        shared_kv (bool): Fine attention reuses the coarse K/V convs (Table 4e; paper default True).
+        attn (str): ``"softmax"`` (paper), or linear attention ``"relu"`` / ``"elu"`` (Table 4d ablation, coarse only).
+        YAML rows pass these positionally after c2 in this order, or as a trailing dict (see ``pst_yolo.switches``).
 
     Examples:
         >>> m = PST(128, 256, 128).eval()
@@ -155,12 +230,31 @@ class PST(nn.Module):
         torch.Size([1, 128, 40, 40])
     """
 
-    def __init__(self, c1, c_up, c2, n=1, mlp_ratio=2.0, e=0.5, k=8, threshold=THRESHOLD, backend=None):
+    def __init__(
+        self,
+        c1,
+        c_up,
+        c2,
+        n=1,
+        mlp_ratio=2.0,
+        e=0.5,
+        k=8,
+        threshold=THRESHOLD,
+        backend=None,
+        gating=False,
+        shared_kv=True,
+        attn="softmax",
+    ):
         super().__init__()
         c_ = hidden_width(c2, e)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"PST: n (stacked PSA blocks) must be a positive integer, got {n!r}")
+        gating, shared_kv, attn = check_switches(gating, shared_kv, attn, "PST")
         self.cv1 = Conv(c1, c_, 1)
         self.cvup = Conv(c_up, c_, 1)
-        self.m = nn.ModuleList(PSTBlock(c_, mlp_ratio, k, threshold, backend) for _ in range(n))
+        self.m = nn.ModuleList(
+            PSTBlock(c_, mlp_ratio, k, threshold, backend, gating, shared_kv, attn) for _ in range(n)
+        )
         self.cv2 = Conv((1 + n) * c_, c2, 1)
 
     def forward(self, xs) -> torch.Tensor:
