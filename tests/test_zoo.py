@@ -163,7 +163,7 @@ def demo_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo_data")
     return {
         "detect": make_detection_dataset(root / "detect", n_train=8, n_val=4, imgsz=64),
-        "classify": make_classification_dataset(root / "classify", n_train=3, n_val=2, imgsz=32),
+        "classify": make_classification_dataset(root / "classify", n_train=4, n_val=2, imgsz=32),
     }
 
 
