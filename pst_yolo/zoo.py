@@ -1,0 +1,66 @@
+"""The shipped PST models (cfg/models) and the paper rows they reproduce, in one table.
+
+Used by ``scripts/model_table.py`` (fidelity table) and the zoo tests. Paper figures: Tables 1-3 of Hu et al.
+(parameters in millions, GFLOPs as printed in the paper). ``asserted`` marks rows whose parameter count must land within
+``TOLERANCE`` of the paper (S, M and ResNet rows); N rows are reported only (see docs/model_zoo.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOLERANCE = 0.05  # relative parameter-count tolerance for the asserted rows
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str  # what a user passes to YOLO(...) / model=...
+    task: str  # "detect" or "classify"
+    paper: str | None = None  # paper row, e.g. "Table 2 YOLOv11-PST-S"
+    params_m: float | None = None  # paper #Param. (M)
+    gflops: float | None = None  # paper FLOPs (G)
+    asserted: bool = False  # params must be within TOLERANCE of params_m
+
+    @property
+    def imgsz(self) -> int:
+        """Input size the paper reports at (640 for detection, 224 for classification)."""
+        return 640 if self.task == "detect" else 224
+
+
+MODELS = (
+    ZooModel("yolo11n-pst.yaml", "detect", "Table 2 YOLOv11-PST-N", 2.8, 10.1),
+    ZooModel("yolo11s-pst.yaml", "detect", "Table 2 YOLOv11-PST-S", 9.3, 21.0, True),
+    ZooModel("yolo11m-pst.yaml", "detect", "Table 2 YOLOv11-PST-M", 19.5, 65.9, True),
+    ZooModel("yolo11l-pst.yaml", "detect"),
+    ZooModel("yolo11x-pst.yaml", "detect"),
+    ZooModel("yolo12n-pst.yaml", "detect", "Table 2 YOLOv12-PST-N", 4.3, 15.8),
+    ZooModel("yolo12s-pst.yaml", "detect"),
+    ZooModel("yolo12m-pst.yaml", "detect"),
+    ZooModel("r18-pst.yaml", "detect", "Table 1 R-18-PST-N", 16.4, 42.5, True),
+    ZooModel("r50-pst.yaml", "detect", "Table 1 R-50-PST-N", 26.0, 71.9, True),
+    ZooModel("r101-pst.yaml", "detect", "Table 1 R-101-PST-S", 49.9, 138.5, True),
+    ZooModel("yolo11n-cls-pst.yaml", "classify", "Table 3 YOLOv11-cls-PST-N", 3.5, 4.9),
+    ZooModel("yolo11s-cls-pst.yaml", "classify", "Table 3 YOLOv11-cls-PST-S", 11.5, 19.0, True),
+    ZooModel("yolo11m-cls-pst.yaml", "classify"),
+    ZooModel("yolo12n-cls-pst.yaml", "classify"),
+    ZooModel("yolo12s-cls-pst.yaml", "classify"),
+    ZooModel("yolo12m-cls-pst.yaml", "classify"),
+    ZooModel("r18-cls-pst.yaml", "classify", "Table 3 R-18-PST-N", 19.6, 43.0, True),
+    ZooModel("r50-cls-pst.yaml", "classify", "Table 3 R-50-PST-N", 29.2, 72.0, True),
+    ZooModel("r101-cls-pst.yaml", "classify", "Table 3 R-101-PST-S", 54.4, 140.0, True),
+)
+
+# Stock Ultralytics baselines of the paper's tables, for context (paper figures as printed).
+BASELINES = (
+    ZooModel("yolo11n.yaml", "detect", "Table 2 YOLOv11-N", 2.6, 6.5),
+    ZooModel("yolo11s.yaml", "detect", "Table 2 YOLOv11-S", 9.4, 21.5),
+    ZooModel("yolo11m.yaml", "detect", "Table 2 YOLOv11-M", 20.1, 68.0),
+    ZooModel("yolo12n.yaml", "detect", "Table 2 YOLOv12-N", 2.6, 6.5),
+    ZooModel("yolo11n-cls.yaml", "classify", "Table 3 YOLOv11-cls-N", 1.6, 5.3),
+    ZooModel("yolo11s-cls.yaml", "classify", "Table 3 YOLOv11-cls-S", 5.5, 16.0),
+)
+
+
+def paper_closed_form(c: int, c_up: int, c_prime: int) -> int:
+    """The paper's PST parameter formula (Sec. 3.1), ``10 C'^2 + (C_up + 3C + 61) C'``; approximate by design."""
+    return 10 * c_prime**2 + (c_up + 3 * c + 61) * c_prime

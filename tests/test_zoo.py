@@ -1,0 +1,196 @@
+"""Model zoo: every shipped model resolves by name, runs forward/backward, and matches the paper's parameter counts.
+
+Models are built once per module (a cache) and shared by the tests; only one model per family (and every -cls file)
+is trained for an epoch through the stock Ultralytics trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from ultralytics import YOLO  # noqa: E402
+
+import pst_yolo.integration as integration  # noqa: E402
+from pst_yolo.modules import PST  # noqa: E402
+from pst_yolo.zoo import MODELS, TOLERANCE  # noqa: E402
+
+integration.register()
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = [m.name for m in MODELS]
+BY_NAME = {m.name: m for m in MODELS}
+
+
+def unified(name: str) -> str:
+    """The file Ultralytics loads for ``name`` (its own rule: drop the scale letter after the version number)."""
+    return re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name)
+
+
+def quiet_yolo(name):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return YOLO(name, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    """Build each model at most once in this module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = quiet_yolo(name)
+        return cache[name]
+
+    return get
+
+
+def test_every_shipped_yaml_is_in_the_zoo_table():
+    shipped = {p.name for p in (ROOT / "cfg" / "models").glob("*.yaml")}
+    assert shipped == {unified(n) for n in NAMES}, "cfg/models and pst_yolo.zoo.MODELS disagree"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_name_resolves_to_file_and_scale(name, zoo):
+    """``YOLO('yolo11n-cls-pst.yaml')`` loads cfg/models/yolo11-cls-pst.yaml at scale n; ResNet names carry no scale."""
+    entry = BY_NAME[name]
+    path = integration.find_cfg(unified(name))
+    assert path is not None and path.parent == ROOT / "cfg" / "models", f"{name} -> {path}"
+    model = zoo(name)
+    d = model.model.yaml
+    assert model.task == entry.task
+    letter = re.search(r"yolo\d+([nslmx])", name)
+    if letter:
+        assert d["scale"] == letter.group(1)
+        assert letter.group(1) in d["scales"]
+    else:  # ResNet: fixed size, no scale table, so Ultralytics has nothing to guess
+        assert unified(name) == name, f"{name} must not be rewritten by Ultralytics' scale-stripping regex"
+        assert "scales" not in d and not d.get("scale")
+    psts = [m for m in model.model.modules() if isinstance(m, PST)]
+    assert len(psts) == (2 if entry.task == "detect" else 1)
+
+
+@pytest.mark.parametrize("name", [m.name for m in MODELS if m.asserted])
+def test_params_within_tolerance_of_paper(name, zoo):
+    entry = BY_NAME[name]
+    params = sum(p.numel() for p in zoo(name).model.parameters()) / 1e6
+    rel = params / entry.params_m - 1
+    assert abs(rel) <= TOLERANCE, f"{name}: {params:.2f}M vs paper {entry.params_m}M ({rel:+.1%}), {entry.paper}"
+
+
+def _tensors(out):
+    """All tensors in a (nested) model output."""
+    if torch.is_tensor(out):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []
+    return [t for o in items for t in _tensors(o)]
+
+
+def _loss_batch(model, task, imgsz):
+    """A real two-image batch in the layout the model's own loss expects."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, imgsz, imgsz, generator=g)
+    if task == "classify":
+        return {"img": img, "cls": torch.tensor([0, 1])}
+    return {
+        "img": img,
+        "batch_idx": torch.tensor([0.0, 1.0, 1.0]),
+        "cls": torch.tensor([[0.0], [1.0], [2.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.5]]),
+    }
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_train_eval_two_sizes_and_one_step(name, zoo):
+    from ultralytics.cfg import get_cfg
+
+    entry = BY_NAME[name]
+    net = zoo(name).model
+    net.args = get_cfg()  # loss hyper-parameters, as the trainer sets them
+    for imgsz in (64, 96):
+        x = torch.rand(1, 3, imgsz, imgsz)
+        net.train()
+        train_out = _tensors(net(x))
+        assert train_out and all(torch.isfinite(t).all() for t in train_out), f"{name} train output at {imgsz}"
+        net.eval()
+        with torch.no_grad():
+            y = net(x)
+        y = y[0] if isinstance(y, (list, tuple)) else y
+        assert torch.isfinite(y).all(), f"{name} eval output has NaN/inf at {imgsz}"
+        if entry.task == "classify":
+            assert y.shape == (1, 1000)
+        else:  # (B, 4 + nc, anchors) with anchors = sum over P3-P5 of (imgsz / stride)^2
+            assert y.shape == (1, 84, sum((imgsz // s) ** 2 for s in (8, 16, 32)))
+    net.train()
+    before = [p.detach().clone() for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9)
+    loss, _ = net.loss(_loss_batch(net, entry.task, 64))
+    loss = loss.sum()
+    assert torch.isfinite(loss), f"{name}: loss {loss}"
+    loss.backward()
+    psts = [m for m in net.modules() if isinstance(m, PST)]
+    assert all(m.cv1.conv.weight.grad is not None and m.cv1.conv.weight.grad.abs().sum() > 0 for m in psts)
+    opt.step()
+    after = [p for p in net.parameters() if p.requires_grad]
+    changed = sum(not torch.equal(a, b) for a, b in zip(before, after))
+    assert changed > 0.5 * len(after), f"{name}: only {changed}/{len(after)} parameter tensors moved"
+
+
+# One epoch through the stock trainer (training, EMA, validation in eval mode with fine attention, checkpointing).
+TRAINED = [
+    "yolo11n-pst.yaml",
+    "yolo12n-pst.yaml",
+    "r18-pst.yaml",
+    "yolo11n-cls-pst.yaml",
+    "yolo12n-cls-pst.yaml",
+    "r18-cls-pst.yaml",
+    "r50-cls-pst.yaml",
+    "r101-cls-pst.yaml",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    from pst_yolo.data import make_classification_dataset, make_detection_dataset
+
+    root = tmp_path_factory.mktemp("zoo_data")
+    return {
+        "detect": make_detection_dataset(root / "detect", n_train=8, n_val=4, imgsz=64),
+        "classify": make_classification_dataset(root / "classify", n_train=4, n_val=2, imgsz=32),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRAINED)
+def test_one_epoch_stock_trainer(name, demo_data, tmp_path):
+    entry = BY_NAME[name]
+    model = quiet_yolo(name)
+    imgsz = 64 if entry.task == "detect" else 32
+    model.train(
+        data=str(demo_data[entry.task]),
+        epochs=1,
+        imgsz=imgsz,
+        batch=4,
+        workers=0,
+        device="cpu",
+        project=str(tmp_path),
+        name="run",
+        plots=False,
+        verbose=False,
+        exist_ok=True,
+    )
+    last = tmp_path / "run" / "weights" / "last.pt"
+    assert last.is_file()
+    metrics = model.trainer.metrics
+    assert metrics and all(v == v for v in metrics.values()), f"{name}: NaN in {metrics}"
+    reloaded = quiet_yolo(str(last))
+    assert any(isinstance(m, PST) for m in reloaded.model.modules())
+    n_out = reloaded.model.model[-1]
+    assert reloaded.task == entry.task and (entry.task == "detect" or n_out.linear.out_features == 3)
