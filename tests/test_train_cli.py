@@ -38,19 +38,21 @@ def metric_rows(log):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Train yolo11n-pst for 3 epochs with the stock CLI, from a directory that has no YAMLs in it."""
+    """Train yolo11n-pst for 3 epochs with the stock CLI and the Table 5 recipe by name, from an empty directory."""
     root = tmp_path_factory.mktemp("cli")
     data = make_detection_dataset(root / "data", n_train=48, n_val=16, imgsz=IMGSZ)
     work = root / "work"
     work.mkdir()
     log = run(
-        [YOLO_CLI, "train", "model=yolo11n-pst.yaml", f"data={data}", "epochs=3", f"imgsz={IMGSZ}", "batch=16",
+        [YOLO_CLI, "train", "model=yolo11n-pst.yaml", "cfg=pst-det-n.yaml", f"data={data}", "epochs=3", f"imgsz={IMGSZ}", "batch=16",
          "workers=0", "device=cpu", "seed=0", "deterministic=True", "plots=False", f"project={root / 'runs'}",
          "name=train", "exist_ok=True"],
         cwd=work,
     )
     best = root / "runs" / "train" / "weights" / "best.pt"
     assert best.is_file(), log[-3000:]
+    args = (root / "runs" / "train" / "args.yaml").read_text()
+    assert "copy_paste: 0.1" in args and "epochs: 3" in args  # recipe value kept, CLI override wins
     final = metric_rows(log.split("Validating")[-1])
     assert "all" in final, log[-3000:]
     return dict(root=root, work=work, data=data, best=best, final=final, log=log)
