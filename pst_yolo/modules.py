@@ -96,7 +96,10 @@ class PyramidSparseAttention(nn.Module):
         kf, vf = self._heads(self.k(x)), self._heads(self.v(x))
         gather = index.unsqueeze(-1).expand(-1, -1, -1, self.head_dim)
         kf, vf = kf.gather(2, gather), vf.gather(2, gather)
-        mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(~valid, torch.finfo(q.dtype).min)
+        # A (batch, head) with no valid token attends to all of them and is zeroed below: an all-masked row would be
+        # NaN in fp16 (finfo.min + a negative logit overflows to -inf), and NaN * 0 is still NaN.
+        keep = valid | ~valid.any(dim=-1, keepdim=True)
+        mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
         out = attention(q, kf, vf, mask=mask.unsqueeze(-2), scale=self.scale, backend=self.backend)
         # A (batch, head) whose regions all failed the threshold contributes nothing (not a uniform average).
         return out * valid.any(dim=-1)[..., None, None].to(out.dtype)
