@@ -26,7 +26,7 @@ def main(out: Path):
     loss.sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     torch.optim.SGD(model.parameters(), lr=0.1).step()
-    torch.save({"grads": grads, "params": sum(p.requires_grad for p in model.parameters()), "state": model.state_dict()},
+    torch.save({"grads": grads, "params": sum(p.requires_grad for p in model.parameters()), "weights": {n: p.detach() for n, p in model.named_parameters()}},
                out / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
