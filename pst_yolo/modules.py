@@ -6,6 +6,8 @@ The name ``PSA`` is taken in Ultralytics (YOLOv10's position-sensitive attention
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,6 +19,9 @@ from pst_yolo.selection import coarse_scores, select_fine_tokens
 
 HEAD_DIM = 32
 THRESHOLD = 1e-6
+# "1": every PST layer raises on NaN/Inf inputs. Off by default: the check syncs with the GPU, and in training Ultralytics
+# recovers from a NaN loss itself (last.pt), which an exception raised during validation would prevent.
+ENV_CHECK_FINITE = "PST_CHECK_FINITE"
 
 
 def hidden_width(c2: int, e: float, where: str = "PST") -> int:
@@ -183,6 +188,11 @@ class PST(nn.Module):
         c1, c_up = self.cv1.conv.in_channels, self.cvup.conv.in_channels
         if x.shape[1] != c1 or u.shape[1] != c_up:
             raise ValueError(f"{name}: expected channels ({c1}, {c_up}), got ({x.shape[1]}, {u.shape[1]})")
+        if os.environ.get(ENV_CHECK_FINITE) == "1":  # opt-in: a host sync per layer (docs/reliability.md)
+            for which, t in (("finer", x), ("coarser", u)):
+                if not torch.isfinite(t).all():
+                    bad = int((~torch.isfinite(t)).sum())
+                    raise ValueError(f"{name}: {bad} non-finite values (NaN/Inf) in the {which} input {tuple(t.shape)}")
         h, w = x.shape[-2:]
         want = ((h + 1) // 2, (w + 1) // 2)
         if tuple(u.shape[-2:]) != want:
