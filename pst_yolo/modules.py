@@ -6,6 +6,8 @@ The name ``PSA`` is taken in Ultralytics (YOLOv10's position-sensitive attention
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,6 +20,9 @@ from pst_yolo.switches import check_switches
 
 HEAD_DIM = 32
 THRESHOLD = 1e-6
+# "1": every PST layer raises on NaN/Inf inputs. Off by default: the check syncs with the GPU, and in training Ultralytics
+# recovers from a NaN loss itself (last.pt), which an exception raised during validation would prevent.
+ENV_CHECK_FINITE = "PST_CHECK_FINITE"
 
 
 def Conv(*args, **kwargs):
@@ -154,7 +159,10 @@ class PyramidSparseAttention(nn.Module):
         kf, vf = self._heads(kp(x)), self._heads(vp(x))
         gather = index.unsqueeze(-1).expand(-1, -1, -1, self.head_dim)
         kf, vf = kf.gather(2, gather), vf.gather(2, gather)
-        mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(~valid, torch.finfo(q.dtype).min)
+        # A (batch, head) with no valid token attends to all of them and is zeroed below: an all-masked row would be
+        # NaN in fp16 (finfo.min + a negative logit overflows to -inf), and NaN * 0 is still NaN.
+        keep = valid | ~valid.any(dim=-1, keepdim=True)
+        mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
         out = attention(q, kf, vf, mask=mask.unsqueeze(-2), scale=self.scale, backend=self.backend)
         # A (batch, head) whose regions all failed the threshold contributes nothing (not a uniform average).
         return out * valid.any(dim=-1)[..., None, None].to(out.dtype)
@@ -281,6 +289,11 @@ class PST(nn.Module):
         c1, c_up = self.cv1.conv.in_channels, self.cvup.conv.in_channels
         if x.shape[1] != c1 or u.shape[1] != c_up:
             raise ValueError(f"{name}: expected channels ({c1}, {c_up}), got ({x.shape[1]}, {u.shape[1]})")
+        if os.environ.get(ENV_CHECK_FINITE) == "1":  # opt-in: a host sync per layer (docs/reliability.md)
+            for which, t in (("finer", x), ("coarser", u)):
+                if not torch.isfinite(t).all():
+                    bad = int((~torch.isfinite(t)).sum())
+                    raise ValueError(f"{name}: {bad} non-finite values (NaN/Inf) in the {which} input {tuple(t.shape)}")
         h, w = x.shape[-2:]
         want = ((h + 1) // 2, (w + 1) // 2)
         if tuple(u.shape[-2:]) != want:
@@ -289,3 +302,10 @@ class PST(nn.Module):
                 f"got {u.shape[-2]}x{u.shape[-1]} (check the `from` indices of this row)"
             )
         return x, u
+
+
+# If this module was the first to import Ultralytics, the registration hook fired while the classes above did not exist
+# yet and was postponed (see integration.patch_tasks); complete it now.
+from pst_yolo.integration import finish_deferred  # noqa: E402
+
+finish_deferred()

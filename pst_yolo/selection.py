@@ -31,15 +31,17 @@ def coarse_scores(q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int | N
         (torch.Tensor): Scores (B, heads, M) in float32 (or float64 for float64 input); rows sum to 1.
     """
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    kt = k.transpose(-2, -1).to(acc)
-    n = q.shape[-2]
-    if chunk is None or n <= chunk or _in_export():
-        return ((q.to(acc) @ kt) * scale).softmax(dim=-1).mean(dim=-2)
-    total = None
-    for i in range(0, n, chunk):
-        part = ((q[..., i : i + chunk, :].to(acc) @ kt) * scale).softmax(dim=-1).sum(dim=-2)
-        total = part if total is None else total + part
-    return total / n
+    # Under AMP autocast would run these matmuls in fp16/bf16 again despite the upcast; top-k then picks by rounding noise.
+    with torch.autocast(q.device.type, enabled=False):
+        kt = k.transpose(-2, -1).to(acc)
+        n = q.shape[-2]
+        if chunk is None or n <= chunk or _in_export():
+            return ((q.to(acc) @ kt) * scale).softmax(dim=-1).mean(dim=-2)
+        total = None
+        for i in range(0, n, chunk):
+            part = ((q[..., i : i + chunk, :].to(acc) @ kt) * scale).softmax(dim=-1).sum(dim=-2)
+            total = part if total is None else total + part
+        return total / n
 
 
 def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_h: int, fine_w: int):
