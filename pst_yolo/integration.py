@@ -168,12 +168,6 @@ def patch_tasks(tasks=None) -> None:
     """Register the PST layers in ``ultralytics.nn.tasks`` and teach ``parse_model`` their two-input channel rule."""
     if tasks is None:
         from ultralytics.nn import tasks
-    modules = sys.modules.get("pst_yolo.modules")
-    if modules is not None and not hasattr(modules, "PST"):
-        # pst_yolo.modules is mid-import and is what imported Ultralytics (first import in a fresh process, e.g. a DDP
-        # worker unpickling a PST model); modules.py calls finish_deferred() once its classes exist.
-        _deferred.append(tasks)
-        return
     import torch
 
     from pst_yolo.modules import PST, PSTBlock, PyramidSparseAttention
@@ -191,14 +185,6 @@ def patch_tasks(tasks=None) -> None:
     if hasattr(torch.serialization, "add_safe_globals"):
         torch.serialization.add_safe_globals([PST, PSTBlock, PyramidSparseAttention])
 
-
-def finish_deferred() -> None:
-    """Run the ``patch_tasks`` calls that had to wait for ``pst_yolo.modules`` to finish importing."""
-    while _deferred:
-        patch_tasks(_deferred.pop())
-
-
-_deferred: list = []
 
 
 def register() -> None:

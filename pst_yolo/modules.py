@@ -302,10 +302,3 @@ class PST(nn.Module):
                 f"got {u.shape[-2]}x{u.shape[-1]} (check the `from` indices of this row)"
             )
         return x, u
-
-
-# If this module was the first to import Ultralytics, the registration hook fired while the classes above did not exist
-# yet and was postponed (see integration.patch_tasks); complete it now.
-from pst_yolo.integration import finish_deferred  # noqa: E402
-
-finish_deferred()

@@ -13,25 +13,27 @@ import torch.nn.functional as F
 
 
 def conv_bn(conv_module, x, act=False):
-    """Apply an Ultralytics ``Conv`` (conv + eval-mode BN [+ SiLU]) from its parameters, fused or not."""
+    """Apply an Ultralytics ``Conv`` (conv + eval-mode BN [+ SiLU]) from its parameters, fused or not, in float64."""
     conv = conv_module.conv
-    y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    bias = None if conv.bias is None else conv.bias.double()
+    y = F.conv2d(x.double(), conv.weight.double(), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     bn = getattr(conv_module, "bn", None)
     if bn is not None:
-        y = (y - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var[None, :, None, None] + bn.eps)
-        y = y * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+        mean, var = bn.running_mean.double()[None, :, None, None], bn.running_var.double()[None, :, None, None]
+        y = (y - mean) / torch.sqrt(var + bn.eps) * bn.weight.double()[None, :, None, None] + bn.bias.double()[None, :, None, None]
     return F.silu(y) if act else y
 
 
 def psa_reference(attn, x, u, fine: bool):
-    """PyramidSparseAttention forward (eval-mode BN) per SPEC eqs. 1-6, with loops for selection and gathering."""
+    """PyramidSparseAttention forward (eval-mode BN) per SPEC eqs. 1-6 in float64, loops for selection and gathering."""
+    x, u = x.double(), u.double()
     b, c, h, w = x.shape
     hu, wu = u.shape[-2:]
     heads, d = attn.heads, attn.head_dim
     scale = 1.0 / math.sqrt(d)
     q_map, k_map, v_map = conv_bn(attn.q, x), conv_bn(attn.k, u), conv_bn(attn.v, u)
     kf_map, vf_map = conv_bn(attn.k, x), conv_bn(attn.v, x)  # shared projections on the finer map
-    out = torch.zeros(b, c, h * w, dtype=x.dtype)
+    out = torch.zeros(b, c, h * w, dtype=torch.float64)
     for bi in range(b):
         for hi in range(heads):
             ch = slice(hi * d, (hi + 1) * d)

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis): PyramidSparseAttention against the explicit reference in tests/_ref_psa.py over
+"""Property-based tests (hypothesis): PyramidSparseAttention against the explicit reference in tests/reference.py over
 random batch sizes, channels, map sizes (1x1, odd, non-square), k, thresholds, dtypes, kernels and memory layouts.
 
 Ties in the top-k scores would make the selection ambiguous; random inputs and random BN statistics make them
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import ultralytics.nn.tasks  # noqa: F401
 from pst_yolo.modules import PST, PyramidSparseAttention
 
-from _ref_psa import psa_reference  # noqa: E402  (tests/ is on sys.path under pytest's rootdir-relative import)
+from reference import psa_reference  # noqa: E402  (tests/ is on sys.path under pytest's rootdir-relative import)
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (2e-4, 2e-4), torch.bfloat16: (6e-2, 6e-2)}
