@@ -130,7 +130,6 @@ def ort_session(path, threads, arena=True):
 
 
 def latency(args, models, labels_yaml, notes):
-    import numpy as np
     import torch
 
     rows, onnx_paths = [], {}
@@ -161,7 +160,6 @@ def latency(args, models, labels_yaml, notes):
             rows.append((label, size, pt[label], ort_t.get(label)))
         print(f"  latency {size}: done", file=sys.stderr)
         gc.collect()
-        _ = np  # numpy is onnxruntime's input type
     return rows, onnx_paths
 
 
