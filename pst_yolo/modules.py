@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pst_yolo.attention import attention, log_once, resolve_backend
+from pst_yolo.attention import EXPORTABLE, attention, choose_kernel, in_export, log_once, resolve_backend
 from pst_yolo.linear_attention import linear_attention
 from pst_yolo.runtime import check_topk, env_topk
-from pst_yolo.selection import coarse_scores, select_fine_tokens
+from pst_yolo.selection import coarse_attention_and_scores, coarse_scores, select_fine_tokens
 from pst_yolo.switches import check_switches
 
 HEAD_DIM = 32
@@ -131,16 +131,16 @@ class PyramidSparseAttention(nn.Module):
         b, c, h, w = x.shape
         v_map = self.v(u)
         q, k, v = self._heads(self.q(x)), self._heads(self.k(u)), self._heads(v_map)
-        if self.attn == "softmax":
-            out = attention(q, k, v, scale=self.scale, backend=self.backend)
-        else:
-            out = linear_attention(q, k, v, self.attn)
         fine = None
-        if self.topk > 0 and not self.training:
-            if self.attn == "softmax":
-                fine = self.fine(x, q, k, u.shape[-1])
-            else:
+        if self.attn != "softmax":
+            out = linear_attention(q, k, v, self.attn)
+            if self.topk > 0 and not self.training:
                 self._log_linear_topk()
+        elif self.topk > 0 and not self.training:
+            out, scores = self.coarse(q, k, v)
+            fine = self.fine(x, q, k, u.shape[-1], scores)
+        else:
+            out = attention(q, k, v, scale=self.scale, backend=self.backend)
         if self.gating:
             out = self._gated(out, fine)
         elif fine is not None:
@@ -149,16 +149,24 @@ class PyramidSparseAttention(nn.Module):
         pe = F.interpolate(self.pe(v_map), scale_factor=2.0, mode="nearest")[..., :h, :w]
         return self.proj(out + pe)
 
-    def fine(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, coarse_w: int) -> torch.Tensor:
+    def coarse(self, q, k, v):
+        """Coarse output and selection scores. When the attention kernel would be the plain SDPA/reference path (CPU,
+        export) one chunked explicit-softmax pass yields both, so QK^T is computed once; a dedicated GPU kernel
+        (FlashAttention, SageAttention) runs the output and a chunked pass recomputes the scores."""
+        if choose_kernel(q, k, v, None, self.backend) in EXPORTABLE and (q.device.type == "cpu" or in_export()):
+            return coarse_attention_and_scores(q, k, v, self.scale)
+        return attention(q, k, v, scale=self.scale, backend=self.backend), coarse_scores(q, k, self.scale)
+
+    def fine(self, x, q, k, coarse_w: int, scores=None) -> torch.Tensor:
         """Sparse fine attention over the 2x2 blocks of the top-k coarse keys; (B, heads, N, head_dim)."""
         h, w = x.shape[-2:]
-        scores = coarse_scores(q, k, self.scale)
+        if scores is None:
+            scores = coarse_scores(q, k, self.scale)
         index, valid = select_fine_tokens(scores, self.topk, self.threshold, coarse_w, h, w)
-        # Shared projections (paper Table 4e): the coarse K/V convs applied to the finer map.
-        kp, vp = (self.k, self.v) if self.shared_kv else (self.k_fine, self.v_fine)
-        kf, vf = self._heads(kp(x)), self._heads(vp(x))
-        gather = index.unsqueeze(-1).expand(-1, -1, -1, self.head_dim)
-        kf, vf = kf.gather(2, gather), vf.gather(2, gather)
+        kf, vf = self._fine_kv(x, index)
+        if not in_export() and bool(valid.all()):
+            # Common case (threshold met, even map): no mask, so mask-free kernels (FlashAttention, Sage) can serve it.
+            return attention(q, kf, vf, scale=self.scale, backend=self.backend)
         # A (batch, head) with no valid token attends to all of them and is zeroed below: an all-masked row would be
         # NaN in fp16 (finfo.min + a negative logit overflows to -inf), and NaN * 0 is still NaN.
         keep = valid | ~valid.any(dim=-1, keepdim=True)
@@ -175,6 +183,39 @@ class PyramidSparseAttention(nn.Module):
         cat = torch.cat([coarse, fine], dim=1).transpose(-2, -1).reshape(b, 2 * nh * d, n)
         g = self.gate(cat).sigmoid().reshape(b, nh, d, n).transpose(-2, -1)
         return g * fine + (1 - g) * coarse
+
+    def _fine_kv(self, x, index):
+        """Fine keys/values at ``index`` (B, heads, T): the K/V projections applied only to the T gathered pixels, each
+        head using its own slice of the weights. The projections are pointwise affine maps in eval (1x1 conv + BN
+        folded), so gathering first is exact and costs T/(H*W) of projecting the map."""
+        b, c = x.shape[:2]
+        t = index.shape[-1]
+        # (B, C, heads*T) -> (B, heads, T, C); the index, not the map, is expanded (no per-head copy of x).
+        xg = x.flatten(2).gather(2, index.flatten(1).unsqueeze(1).expand(b, c, -1))
+        xg = xg.unflatten(2, (self.heads, t)).permute(0, 2, 3, 1)
+        # Shared projections (paper Table 4e) unless the separate-K/V ablation is on.
+        wk, bk = pointwise_affine(self.k if self.shared_kv else self.k_fine)
+        wv, bv = pointwise_affine(self.v if self.shared_kv else self.v_fine)
+        weight = torch.cat([wk.view(self.heads, self.head_dim, c), wv.view(self.heads, self.head_dim, c)], 1)
+        bias = torch.cat([bk.view(self.heads, 1, self.head_dim), bv.view(self.heads, 1, self.head_dim)], -1)
+        kv = xg @ weight.transpose(1, 2).to(xg.dtype) + bias.to(xg.dtype)  # (B, heads, T, 2d)
+        return kv[..., : self.head_dim], kv[..., self.head_dim :]
+
+
+def pointwise_affine(m):
+    """(weight (C_out, C_in), bias (C_out)) of an Ultralytics 1x1 ``Conv`` without activation, BatchNorm folded (eval
+    statistics); works before and after ``model.fuse()`` (which removes ``bn`` and gives the conv a bias)."""
+    conv = m.conv
+    if conv.kernel_size != (1, 1) or conv.groups != 1 or not isinstance(m.act, nn.Identity):
+        raise ValueError(f"pst-yolo: fine K/V projection must be a 1x1 dense Conv without activation, got {m}")
+    weight = conv.weight.flatten(1)
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(weight.shape[0])
+    bn = getattr(m, "bn", None)
+    if bn is not None:
+        inv = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        weight = weight * inv[:, None]
+        bias = (bias - bn.running_mean) * inv + bn.bias
+    return weight, bias
 
 
 class PSTBlock(nn.Module):

@@ -69,7 +69,8 @@ def test_all_regions_under_threshold_gives_coarse_only_and_no_nan():
         attn.topk = 0
         coarse = attn(x, u)
     assert torch.isfinite(got).all()
-    torch.testing.assert_close(got, coarse, rtol=0, atol=0)
+    # equal up to summation order: with fine attention on, the coarse output comes from the fused score pass
+    torch.testing.assert_close(got, coarse, rtol=0, atol=1e-12)
     attn.topk = 8
     torch.testing.assert_close(got, psa_reference(attn, x, u, fine=True), rtol=0, atol=1e-10)
 

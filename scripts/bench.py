@@ -1,0 +1,449 @@
+"""pst-yolo benchmark: latency, peak memory and training cost of PST models vs stock YOLO, side by side.
+
+Everything is measured in ONE process and interleaved (each round runs every model once, in a rotating order) so machine
+noise hits all models alike; figures are medians, and the ratios are what to read. Models are built from YAML with
+random weights (nothing downloads), fused and in eval like Ultralytics inference.
+
+    python scripts/bench.py --quick                 # smoke run (seconds to a minute)
+    python scripts/bench.py                         # full: 320/640/1280, PyTorch + onnxruntime, memory, training
+    python scripts/bench.py --sizes 640 --runs 30 --threads 4 --no-onnx
+
+Peak memory: every (model, size, engine) runs in a fresh subprocess; after one warm-up forward the resident-set
+high-water mark is reset (``/proc/self/clear_refs``), one forward runs, and the figure is ``VmHWM - VmRSS before``, the
+peak extra resident memory of one inference. glibc's mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) and
+onnxruntime's arena is off so freed buffers go back to the OS and the high-water mark tracks live tensors, not
+allocator caches. Linux only; elsewhere the memory table is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODELS = [  # label, yaml, topk (None = stock model)
+    ("yolo11n", "yolo11n.yaml", None),
+    ("yolo11n-pst k=0", "yolo11n-pst.yaml", 0),
+    ("yolo11n-pst k=8", "yolo11n-pst.yaml", 8),
+    ("yolo12n", "yolo12n.yaml", None),
+    ("yolo12n-pst k=0", "yolo12n-pst.yaml", 0),
+    ("yolo12n-pst k=8", "yolo12n-pst.yaml", 8),
+]
+MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 320 only, few runs, small PSA sweep")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="square input sizes (default 320 640 1280)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs per model at 640 (scaled by pixel count)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per model and size")
+    p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads (default: cores)")
+    p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak memory table")
+    p.add_argument("--no-train", action="store_true", help="skip the training step table")
+    p.add_argument("--no-psa", action="store_true", help="skip the PSA-alone sweep")
+    p.add_argument("--workdir", default="/tmp/pst-bench", help="where ONNX files go")
+    p.add_argument("--mem-child", nargs=4, metavar=("ENGINE", "YAML", "TOPK", "SIZE|ONNX"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.sizes = a.sizes or ([320] if a.quick else [320, 640, 1280])
+    a.runs = a.runs or (5 if a.quick else 20)
+    a.threads = a.threads or os.cpu_count()
+    return a
+
+
+# ----------------------------------------------------------------------------------------------------------- models
+def build(yaml, topk):
+    """A fused eval DetectionModel, or None (with the reason) when the YAML does not exist on this branch."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from pst_yolo.runtime import set_topk
+
+    try:
+        with contextlib.redirect_stdout(None):
+            model = DetectionModel(yaml, verbose=False)
+    except (FileNotFoundError, KeyError) as e:
+        return None, f"{yaml} not available ({type(e).__name__}: {e})"
+    if topk is not None:
+        set_topk(model, topk)
+    model = model.fuse(verbose=False).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    return model, None
+
+
+def runs_at(args, size):
+    return max(3, round(args.runs * (640 / size) ** 2)) if size > 640 else args.runs
+
+
+def interleaved(fns: dict, runs: int, warmup: int) -> dict:
+    """Median seconds of each callable; each round runs all of them, the order rotating round by round."""
+    names = list(fns)
+    if not names:
+        return {}
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times = {n: [] for n in names}
+    for r in range(runs):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            t = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+# -------------------------------------------------------------------------------------------------------- latency
+def export_onnx(yaml, topk, size, path):
+    """Export exactly like ``yolo export model=<yaml> format=onnx imgsz=<size>`` (static shape, onnxslim on)."""
+    from ultralytics import YOLO
+
+    from pst_yolo.runtime import set_topk
+
+    y = YOLO(yaml)
+    if topk is not None:
+        set_topk(y, topk)
+    with contextlib.redirect_stdout(None):
+        out = y.export(format="onnx", imgsz=size, batch=1, simplify=True, device="cpu", verbose=False)
+    return str(Path(out).rename(path))
+
+
+def ort_session(path, threads, arena=True):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.enable_cpu_mem_arena = arena
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def latency(args, models, labels_yaml, notes):
+    import torch
+
+    rows, onnx_paths = [], {}
+    for size in args.sizes:
+        x = torch.rand(1, 3, size, size)
+        fns = {label: (lambda m=m: m(x)) for label, m in models.items()}
+        with torch.inference_mode():
+            pt = interleaved(fns, runs_at(args, size), args.warmup)
+        ort_t = {}
+        if not args.no_onnx:
+            sessions = {}
+            for label, m in models.items():
+                path = Path(args.workdir) / f"{label.replace(' ', '_').replace('=', '')}_{size}.onnx"
+                try:
+                    onnx_paths[(label, size)] = export_onnx(*labels_yaml[label], size, path)
+                    sessions[label] = ort_session(onnx_paths[(label, size)], args.threads)
+                except Exception as e:  # report, keep benchmarking the rest
+                    notes.append(f"onnx export/load of {label} at {size} failed: {type(e).__name__}: {e}")
+            xn = x.numpy()
+            feeds = {label: (s, {s.get_inputs()[0].name: xn}) for label, s in sessions.items()}
+            ort_t = interleaved(
+                {label: (lambda s=s, f=f: s.run(None, f)) for label, (s, f) in feeds.items()},
+                runs_at(args, size),
+                args.warmup,
+            )
+            del sessions, feeds
+        for label in models:
+            rows.append((label, size, pt[label], ort_t.get(label)))
+        print(f"  latency {size}: done", file=sys.stderr)
+        gc.collect()
+    return rows, onnx_paths
+
+
+def stock_of(label):
+    return label.split("-pst")[0] if "-pst" in label else label
+
+
+def fmt_ratio(a, b):
+    return "" if a is None or b is None else f"{a / b:.2f}"
+
+
+def latency_table(rows):
+    d = {(lab, s): (pt, ox) for lab, s, pt, ox in rows}
+    out = [
+        "| model | size | PyTorch ms | vs stock | vs k=0 | onnxruntime ms | vs stock | vs k=0 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for lab, s, pt, ox in rows:
+        st = d.get((stock_of(lab), s), (None, None))
+        k0 = d.get((lab.replace("k=8", "k=0"), s), (None, None)) if "k=8" in lab else (None, None)
+        out.append(
+            f"| {lab} | {s} | {pt * 1e3:.1f} | {fmt_ratio(pt, st[0]) if '-pst' in lab else ''} | {fmt_ratio(pt, k0[0])} "
+            f"| {'' if ox is None else f'{ox * 1e3:.1f}'} | {fmt_ratio(ox, st[1]) if '-pst' in lab else ''} "
+            f"| {fmt_ratio(ox, k0[1])} |"
+        )
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------------- memory
+def _rss_kb(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def mem_child(args):
+    """Subprocess body: peak extra resident memory (MiB) of one forward, printed as JSON."""
+    import torch
+
+    engine, yaml, topk, what = args.mem_child
+    torch.set_num_threads(args.threads)
+    if engine == "torch":
+        size = int(what)
+        model, why = build(yaml, None if topk == "None" else int(topk))
+        x = torch.rand(1, 3, size, size)
+        run = lambda: model(x)  # noqa: E731
+        ctx = torch.inference_mode()
+    else:
+        import numpy as np
+
+        sess = ort_session(what, args.threads, arena=False)
+        shape = sess.get_inputs()[0].shape
+        feed = {sess.get_inputs()[0].name: np.random.rand(*shape).astype(np.float32)}
+        run = lambda: sess.run(None, feed)  # noqa: E731
+        ctx = contextlib.nullcontext()
+    with ctx:
+        run()
+        gc.collect()
+        base = _rss_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        run()
+        peak = _rss_kb("VmHWM")
+    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+
+
+def memory(args, labels_yaml, onnx_paths, notes):
+    if not Path("/proc/self/clear_refs").exists():
+        notes.append("peak memory skipped: needs Linux /proc/self/clear_refs")
+        return []
+    env = {**os.environ, **MMAP_ENV}
+    rows = []
+    for size in args.sizes:
+        for label, (yaml, topk) in labels_yaml.items():
+            res = {}
+            jobs = [("torch", str(size))]
+            if (label, size) in onnx_paths:
+                jobs.append(("onnx", onnx_paths[(label, size)]))
+            for engine, what in jobs:
+                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--mem-child", engine, yaml, str(topk), what]
+                p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                try:
+                    res[engine] = json.loads(p.stdout.strip().splitlines()[-1])["peak_mib"]
+                except Exception:
+                    notes.append(f"memory child {label} {engine} {size} failed: {p.stderr.strip()[-300:]}")
+            rows.append((label, size, res.get("torch"), res.get("onnx")))
+        print(f"  memory {size}: done", file=sys.stderr)
+    return rows
+
+
+def memory_table(rows):
+    d = {(lab, s): (pt, ox) for lab, s, pt, ox in rows}
+    out = ["| model | size | PyTorch peak MiB | vs stock | onnxruntime peak MiB | vs stock |", "|---|---:|---:|---:|---:|---:|"]
+    f = lambda v: "" if v is None else f"{v:.0f}"  # noqa: E731
+    for lab, s, pt, ox in rows:
+        st = d.get((stock_of(lab), s), (None, None))
+        pst = "-pst" in lab
+        out.append(f"| {lab} | {s} | {f(pt)} | {fmt_ratio(pt, st[0]) if pst else ''} | {f(ox)} | {fmt_ratio(ox, st[1]) if pst else ''} |")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------- training
+def train_step(args, notes, size=320, batch=2):
+    """Forward + loss + backward of one batch with the real Ultralytics detection loss, PST vs stock."""
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    fns = {}
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(batch, 3, size, size, generator=g)
+    nb = 4 * batch
+    targets = {
+        "img": img,
+        "batch_idx": torch.arange(batch).repeat_interleave(4).float(),
+        "cls": torch.randint(0, 80, (nb, 1), generator=g).float(),
+        "bboxes": torch.rand(nb, 4, generator=g) * 0.4 + torch.tensor([0.3, 0.3, 0.0, 0.0]),
+    }
+    for label, yaml, topk in MODELS:
+        if topk == 8:
+            continue  # training is coarse-only whatever k is
+        try:
+            with contextlib.redirect_stdout(None):
+                m = DetectionModel(yaml, verbose=False)
+        except (FileNotFoundError, KeyError) as e:
+            notes.append(f"training step: {yaml} skipped ({type(e).__name__})")
+            continue
+        m.args = get_cfg()
+        m.train()
+
+        def step(m=m):
+            m.zero_grad(set_to_none=True)
+            loss, _ = m.loss(targets)
+            loss.sum().backward()
+
+        fns[label.replace(" k=0", "")] = step
+    t = interleaved(fns, max(3, args.runs // 2), 1)
+    out = [f"| model | train step ms (batch {batch}, {size} px) | PST / stock |", "|---|---:|---:|"]
+    for lab, v in t.items():
+        ratio = fmt_ratio(v, t.get(stock_of(lab))) if "-pst" in lab else ""
+        out.append(f"| {lab} | {v * 1e3:.0f} | {ratio} |")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------------ PSA
+def psa_sweep(args):
+    """PSA (k=0, k=8) vs full self-attention over the same finer map, with log-log growth exponents."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from ultralytics.nn.modules import Conv
+
+    from pst_yolo.modules import PyramidSparseAttention
+
+    c = 64  # 2 heads of 32, like the P4 PST of yolo11n-pst
+    sides = [10, 20, 40] if args.quick else [20, 40, 80, 160]
+
+    class FullSelfAttention(torch.nn.Module):
+        """Same projections as PSA, but every pixel of the finer map attends to every other (N x N)."""
+
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.proj = (Conv(c, c, 1, act=False) for _ in range(4))
+
+        def forward(self, x):
+            b, _, h, w = x.shape
+            q, k, v = (t.flatten(2).unflatten(1, (2, 32)).transpose(-2, -1) for t in (self.q(x), self.k(x), self.v(x)))
+            return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(-2, -1).reshape(b, c, h, w))
+
+    psa0, psa8 = PyramidSparseAttention(c, topk=0).eval(), PyramidSparseAttention(c, topk=8).eval()
+    full = FullSelfAttention().eval()
+    res = {"PSA k=0": [], "PSA k=8": [], "full self-attention": []}
+    for s in sides:
+        x, u = torch.randn(1, c, s, s), torch.randn(1, c, (s + 1) // 2, (s + 1) // 2)
+        fns = {"PSA k=0": lambda: psa0(x, u), "PSA k=8": lambda: psa8(x, u), "full self-attention": lambda: full(x)}
+        with torch.inference_mode():
+            t = interleaved(fns, max(3, args.runs // (4 if s >= 160 else 1)), args.warmup)
+        for k, v in t.items():
+            res[k].append(v)
+    n = np.array([s * s for s in sides], dtype=float)
+    out = ["| map (N tokens) | " + " | ".join(res) + " | full / PSA k=8 |", "|---|" + "---:|" * (len(res) + 1)]
+    for i, s in enumerate(sides):
+        out.append(
+            f"| {s}x{s} ({s * s}) | "
+            + " | ".join(f"{res[k][i] * 1e3:.2f} ms" for k in res)
+            + f" | {res['full self-attention'][i] / res['PSA k=8'][i]:.1f}x |"
+        )
+    exps = {k: np.polyfit(np.log(n), np.log(np.array(v)), 1)[0] for k, v in res.items()}
+    exps_hi = {k: np.polyfit(np.log(n[-2:]), np.log(np.array(v[-2:])), 1)[0] for k, v in res.items()}
+    out.append("| growth exponent, all sizes (t ~ N^a) | " + " | ".join(f"{exps[k]:.2f}" for k in res) + " | |")
+    out.append("| growth exponent, two largest | " + " | ".join(f"{exps_hi[k]:.2f}" for k in res) + " | |")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------------- CUDA
+def cuda_kernels(args, notes):
+    """fp16 latency of yolo11n-pst (k=8) at 640 per attention kernel (paper Table 4f); CUDA only."""
+    import torch
+
+    from pst_yolo import attention as A
+
+    if not torch.cuda.is_available():
+        return "Not measured: no CUDA device in this run."
+    model, why = build("yolo11n-pst.yaml", 8)
+    model = model.half().cuda()
+    x = torch.rand(1, 3, 640, 640, device="cuda", dtype=torch.float16)
+    out = ["| kernel | fp16 ms (batch 1, 640) | served by |", "|---|---:|---|"]
+    for name in ("reference", "sdpa", "flash", "sage"):
+        probe = [t.to("cuda", torch.float16) for t in (torch.randn(1, 2, 64, 32),) * 3]
+        why = A.why_not(name, *probe)
+        A.set_backend(name)
+
+        def run():
+            model(x)
+            torch.cuda.synchronize()
+
+        with torch.inference_mode():
+            t = interleaved({name: run}, max(10, args.runs), 5)[name]
+        out.append(f"| {name} | {t * 1e3:.2f} | {'itself' if why is None else 'sdpa fallback: ' + why} |")
+    A.set_backend(None)
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+def stamp(args):
+    import onnxruntime
+    import torch
+    import ultralytics
+
+    import pst_yolo
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"device: {cpu}, {os.cpu_count()} logical cores, GPU: {gpu}; threads: {args.threads} (torch and onnxruntime)\n"
+        f"versions: python {platform.python_version()}, torch {torch.__version__}, ultralytics {ultralytics.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, pst-yolo {pst_yolo.__version__}; "
+        f"PST_ATTN={os.environ.get('PST_ATTN', '(unset: auto)')}\n"
+        f"settings: sizes {args.sizes}, runs {args.runs} at <=640 px (scaled down by pixel count above), warm-up "
+        f"{args.warmup}, batch 1, fp32, fused eval models, random weights"
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import ultralytics.nn.tasks  # noqa: F401  (Ultralytics first; the pst_yolo start-up hook patches it on import)
+
+    if args.mem_child:
+        return mem_child(args)
+    import logging
+
+    from ultralytics.utils import LOGGER as UL
+
+    UL.setLevel(logging.WARNING)  # keep the export chatter out of the report
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    os.chdir(args.workdir)
+    notes, models, labels_yaml = [], {}, {}
+    for label, yaml, topk in MODELS:
+        m, why = build(yaml, topk)
+        if m is None:
+            notes.append(f"skipped {label}: {why}")
+            continue
+        models[label], labels_yaml[label] = m, (yaml, topk)
+    print("# pst-yolo benchmark\n\n```\n" + stamp(args) + "\n```\n")
+    rows, onnx_paths = latency(args, models, labels_yaml, notes)
+    print("## Inference latency (median, batch 1, CPU)\n\n" + latency_table(rows) + "\n")
+    if not args.no_memory:
+        print("## Peak extra resident memory of one forward\n\n" + memory_table(memory(args, labels_yaml, onnx_paths, notes)) + "\n")
+    if not args.no_train:
+        print("## Training step (forward + loss + backward, CPU)\n\n" + train_step(args, notes) + "\n")
+    if not args.no_psa:
+        print("## PSA alone vs full self-attention (c=64, 2 heads, batch 1, CPU)\n\n" + psa_sweep(args) + "\n")
+    print("## CUDA fp16 per attention kernel (yolo11n-pst k=8, 640)\n\n" + cuda_kernels(args, notes) + "\n")
+    if notes:
+        print("## Notes\n\n" + "\n".join(f"- {n}" for n in notes))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
