@@ -105,7 +105,15 @@ def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_
         index (torch.Tensor): Flat fine positions (B, heads, 4k), row-major over (H, W); always in range.
         valid (torch.Tensor): Bool (B, heads, 4k): chosen, above threshold and inside the map (odd H/W clip).
     """
-    k = min(int(topk), scores.shape[-1])
+    k = int(topk)
+    if _in_export():
+        # Export: TopK's K must be a graph constant (TensorRT requires an initializer) that stays valid for every input
+        # size a dynamic model accepts, also M < k (a 64 px input has a 2x2 P5 map). Pad the scores with k entries of
+        # -1: they rank below every real score, and their indices (>= M) fall below the last coarse row, so the
+        # odd-size clip below marks them invalid. The result equals topk(min(k, M)) plus masked tokens.
+        scores = torch.nn.functional.pad(scores, (0, k), value=-1.0)
+    else:
+        k = min(k, scores.shape[-1])
     value, idx = scores.topk(k, dim=-1)  # sorted, deterministic
     r, c = idx // coarse_w, idx % coarse_w
     dr = torch.tensor([0, 0, 1, 1], device=idx.device)
