@@ -164,7 +164,8 @@ class PyramidSparseAttention(nn.Module):
             scores = coarse_scores(q, k, self.scale)
         index, valid = select_fine_tokens(scores, self.topk, self.threshold, coarse_w, h, w)
         kf, vf = self._fine_kv(x, index)
-        if not in_export() and bool(valid.all()):
+        # (not while tracing/compiling: the branch depends on data, which export and fullgraph compile cannot follow)
+        if not in_export() and not torch.compiler.is_compiling() and bool(valid.all()):
             # Common case (threshold met, even map): no mask, so mask-free kernels (FlashAttention, Sage) can serve it.
             return attention(q, kf, vf, scale=self.scale, backend=self.backend)
         # A (batch, head) with no valid token attends to all of them and is zeroed below: an all-masked row would be

@@ -41,9 +41,11 @@ def _probability_chunks(q, k, scale, chunk, acc=None):
     """Yield ``(start, P)`` with ``P = softmax(q[start:start+rows] k^T * scale)`` over query chunks."""
     qs = (q if acc is None else q.to(acc)) * scale  # scaling q (N*d) is cheaper than scaling every logit (N*M)
     kt = k.transpose(-2, -1) if acc is None else k.transpose(-2, -1).to(acc)
-    n = q.shape[-2]
-    rows = chunk_rows(q, k.shape[-2], chunk) or n
-    for i in range(0, n, rows):
+    rows = chunk_rows(q, k.shape[-2], chunk)
+    if rows is None:  # no slicing at all: under export a slice bound would be frozen to the traced size
+        yield 0, (qs @ kt).softmax(dim=-1)
+        return
+    for i in range(0, q.shape[-2], rows):
         yield i, (qs[..., i : i + rows, :] @ kt).softmax(dim=-1)
 
 
