@@ -83,13 +83,19 @@ def load_symbol(module: str, attr: str):
     return _IMPORTS[key]
 
 
+def _library_kernel(module: str, attr: str, mask):
+    """The optional library's kernel function; neither library takes a mask (``why_not`` routes masked calls away)."""
+    fn, why = load_symbol(module, attr)
+    if fn is None:
+        raise RuntimeError(f"pst-yolo: attention kernel {module}.{attr} unavailable: {why}")
+    if mask is not None:
+        raise ValueError(f"pst-yolo: {module}.{attr} takes no attention mask")
+    return fn
+
+
 def flash_attention(q, k, v, mask=None, scale=None):
     """FlashAttention-2 ``flash_attn_func``; takes/returns (B, heads, N, d) like the other kernels."""
-    fn, why = load_symbol("flash_attn", "flash_attn_func")
-    if fn is None:
-        raise RuntimeError(f"pst-yolo: flash attention kernel unavailable: {why}")
-    if mask is not None:
-        raise ValueError("pst-yolo: flash_attn_func takes no attention mask")
+    fn = _library_kernel("flash_attn", "flash_attn_func", mask)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     # flash_attn wants (B, N, heads, d) with a contiguous last dim.
     q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
@@ -99,11 +105,7 @@ def flash_attention(q, k, v, mask=None, scale=None):
 
 def sage_attention(q, k, v, mask=None, scale=None):
     """SageAttention ``sageattn`` (int8 QK^T, fp16 PV), layout "HND" = (B, heads, N, d)."""
-    fn, why = load_symbol("sageattention", "sageattn")
-    if fn is None:
-        raise RuntimeError(f"pst-yolo: sage attention kernel unavailable: {why}")
-    if mask is not None:
-        raise ValueError("pst-yolo: sageattn takes no attention mask")
+    fn = _library_kernel("sageattention", "sageattn", mask)
     d = q.shape[-1]
     scale = d**-0.5 if scale is None else scale
     pad = 64 - d if d < 64 else 0  # zero channels change neither q.k nor the first d output channels

@@ -12,6 +12,20 @@ import torch
 import torch.nn.functional as F
 
 
+def randomize(module, seed=0):
+    """Random weights and BatchNorm statistics, so BN folding and every projection matter in a comparison."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if t.dtype == torch.long:
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5)
+            else:
+                t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * 0.3)
+    return module
+
+
 def conv_bn(conv_module, x, act=False):
     """Apply an Ultralytics ``Conv`` (conv + eval-mode BN [+ SiLU]) from its parameters, fused or not, in float64."""
     conv = conv_module.conv

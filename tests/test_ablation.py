@@ -12,20 +12,7 @@ import pst_yolo.attention as attention_mod
 from pst_yolo.linear_attention import linear_attention
 from pst_yolo.modules import PST, PyramidSparseAttention
 from pst_yolo.switches import yaml_args
-
-
-def randomize(module, seed=0):
-    """Random weights and BN statistics so every projection and BN matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-            if t.dtype == torch.long:
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * 0.3)
-    return module
+from reference import randomize  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 def pair(c=64, h=8, w=8, b=2, seed=1, dtype=torch.float64):

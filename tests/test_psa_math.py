@@ -4,23 +4,9 @@ import copy
 
 import pytest
 import torch
-from reference import paper_param_formula, psa_reference, pst_reference, spec_param_count
+from reference import paper_param_formula, psa_reference, pst_reference, randomize, spec_param_count
 
 from pst_yolo.modules import PST, PyramidSparseAttention
-
-
-def randomize(module, seed=0):
-    """Random weights and BatchNorm statistics, so BN folding and every projection matter in the comparison."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-            if t.dtype == torch.long:
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * 0.3)
-    return module
 
 
 def make_attn(c, topk=8, threshold=1e-6, backend="reference", dtype=torch.float64):
