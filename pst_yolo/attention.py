@@ -114,29 +114,28 @@ def sage_attention(q, k, v, mask=None, scale=None):
     return out[..., :d] if pad else out
 
 
-def _flash_supports(q, k, v, mask):
+def _cuda_half_unmasked(q, mask):
+    """What both optional CUDA kernels require: CUDA fp16/bf16 tensors and no mask."""
     if not q.is_cuda:
         return "needs a CUDA tensor"
     if q.dtype not in _HALF:
         return f"needs float16/bfloat16, got {q.dtype}"
     if mask is not None:
         return "does not take an attention mask"
+    return None
+
+
+def _flash_supports(q, k, v, mask):
     d = q.shape[-1]
     if d % 8 or d > 256:
         return f"head dim {d} unsupported (needs a multiple of 8, <= 256)"
-    return None
+    return _cuda_half_unmasked(q, mask)
 
 
 def _sage_supports(q, k, v, mask):
-    if not q.is_cuda:
-        return "needs a CUDA tensor"
-    if q.dtype not in _HALF:
-        return f"needs float16/bfloat16, got {q.dtype}"
-    if mask is not None:
-        return "does not take an attention mask"
     if q.shape[-1] > 128:
         return f"head dim {q.shape[-1]} unsupported (needs <= 128)"
-    return None
+    return _cuda_half_unmasked(q, mask)
 
 
 def _builtin(q, k, v, mask):
