@@ -322,7 +322,7 @@ class PST(nn.Module):
         if not isinstance(xs, (list, tuple)) or len(xs) != 2:
             raise ValueError(f"{name}: expects [finer, coarser] feature maps, got {type(xs).__name__}")
         x, u = xs
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if in_export():
             return x, u  # shapes are symbolic while exporting; they were checked on the eager pass
         if x.dim() != 4 or u.dim() != 4:
             raise ValueError(f"{name}: inputs must be 4-D (B, C, H, W), got {tuple(x.shape)} and {tuple(u.shape)}")

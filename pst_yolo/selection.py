@@ -17,7 +17,6 @@ from pst_yolo.attention import in_export as _in_export
 # then stays flat as the image grows, and on CPU the chunk stays in L2 cache: measured on 1 thread at the P3 level of
 # a 640 px image, 2**17 ran the fused pass in 47 ms vs 85 ms for 2**20 (SDPA's output alone: 41 ms).
 SCORE_BUDGET = 1 << 17
-SCORE_CHUNK = "auto"  # default ``chunk``: rows per chunk derived from SCORE_BUDGET
 
 
 def chunk_rows(q: torch.Tensor, m: int, chunk="auto") -> int | None:
