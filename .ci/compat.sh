@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Oldest supported Ultralytics: install it beside (not over) the installed one and run registration + one training
-# epoch through the stock `yolo` command. The newest supported version is the one installed in CI and is covered by the
+# epoch through the stock `yolo` command, and its DDP worker script (the pre-8.4.140 mechanism). The newest supported version is the one installed in CI and is covered by the
 # normal test suite. Usage: .ci/compat.sh [VERSION]   (default: the lower bound of pst_yolo.integration.SUPPORTED)
 # Needs the package index once per version (wheel cached under $PST_COMPAT_CACHE); < 1 minute on 2 CPU cores.
 set -euo pipefail
@@ -41,4 +41,8 @@ from ultralytics import YOLO
 from pst_yolo.runtime import set_topk
 assert set_topk(YOLO('$work/runs/compat/weights/last.pt'), 2) == 2
 "
-echo "compat: ultralytics $version registers, trains one epoch and reloads its checkpoint"
+# Multi-GPU: the DDP worker script of this version (<= 8.4.139 rebuilds the trainer from the YAML name) on a PST model.
+python -m pytest -q -p no:cacheprovider --rootdir "$repo" \
+  "$repo/tests/test_ddp.py::test_generated_ddp_worker_script_loads_and_trains_pst_model" >"$work/ddp.log" 2>&1 \
+  || { tail -50 "$work/ddp.log"; exit 1; }
+echo "compat: ultralytics $version registers, trains one epoch, reloads its checkpoint and runs its DDP worker script"

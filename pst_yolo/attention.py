@@ -15,12 +15,12 @@ Kernels:
   universal fallback.
 - ``flash``: ``flash_attn.flash_attn_func`` (extra ``pst-yolo[flash]``): CUDA, fp16/bf16, head dim % 8 == 0 and <= 256,
   no mask; has a backward. Layout (B, N, heads, d), so the adapter transposes.
-- ``sage``: ``sageattention.sageattn`` (extra ``pst-yolo[sage]``): CUDA, fp16/bf16, head dim <= 128 (padded to 64 as the
-  library's own kernels need), no mask, inference only. It quantises QK^T to int8, so ``auto`` never picks it; ask for
+- ``sage``: ``sageattention.sageattn`` (extra ``pst-yolo[sage]``): CUDA, fp16/bf16, head dim <= 128 (zero-padded to
+  64, 96 or 128, the library's kernels), no mask, inference only; gets copies (its smooth_k works in place). It quantises QK^T to int8, so ``auto`` never picks it; ask for
   it by name.
 
 A call the requested kernel cannot serve falls back to SDPA with a one-time warning naming the reason. While tracing
-for export only ``reference`` and ``sdpa`` are used (they are plain ONNX-exportable ops).
+for export only ``reference`` and ``sdpa`` are used (plain ONNX-exportable ops); ``auto`` exports ``reference``.
 """
 
 from __future__ import annotations
@@ -51,9 +51,13 @@ def in_export() -> bool:
 
 
 def reference_attention(q, k, v, mask=None, scale=None):
-    """Plain attention with an explicit softmax (no fused kernel); the tests' ground truth."""
+    """Plain attention with an explicit softmax (no fused kernel); the tests' ground truth and the exported form.
+
+    The scale multiplies q before the first MatMul: N*d multiplications instead of N*M, and the MatMul -> Softmax ->
+    MatMul pattern (scale on Q) that TensorRT's attention fusion recognises in an ONNX graph.
+    """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = (q @ k.transpose(-2, -1)) * scale
+    logits = (q * scale) @ k.transpose(-2, -1)
     if mask is not None:
         logits = logits + mask
     return logits.softmax(dim=-1) @ v
@@ -78,7 +82,12 @@ def load_symbol(module: str, attr: str):
     if key not in _IMPORTS:
         try:
             _IMPORTS[key] = (getattr(importlib.import_module(module), attr), None)
-        except Exception as e:  # ImportError, or a broken CUDA extension raising at import
+        except ModuleNotFoundError as e:
+            from pst_yolo.extras import extra_of
+
+            hint = f"; pip install 'pst-yolo[{extra_of(module)}]'" if extra_of(module) and e.name == module else ""
+            _IMPORTS[key] = (None, f"package {module!r} not usable ({type(e).__name__}: {e}){hint}")
+        except Exception as e:  # a broken CUDA extension raising at import
             _IMPORTS[key] = (None, f"package {module!r} not usable ({type(e).__name__}: {e})")
     return _IMPORTS[key]
 
@@ -103,13 +112,25 @@ def flash_attention(q, k, v, mask=None, scale=None):
     return out.transpose(1, 2)
 
 
+# Head dims sageattention 1.0.6 compiles kernels for; smaller ones are zero-padded up to the next of these.
+SAGE_HEAD_DIMS = (64, 96, 128)
+
+
 def sage_attention(q, k, v, mask=None, scale=None):
-    """SageAttention ``sageattn`` (int8 QK^T, fp16 PV), layout "HND" = (B, heads, N, d)."""
+    """SageAttention ``sageattn`` (int8 QK^T, fp16 PV), layout "HND" = (B, heads, N, d).
+
+    Head dims are zero-padded to 64, 96 or 128 (zero channels change neither q.k nor the first d output channels).
+    The library's ``smooth_k`` subtracts the key mean from its input in place, so it always gets tensors of its own.
+    """
     fn = _library_kernel("sageattention", "sageattn", mask)
     d = q.shape[-1]
     scale = d**-0.5 if scale is None else scale
-    pad = 64 - d if d < 64 else 0  # zero channels change neither q.k nor the first d output channels
-    q, k, v = (F.pad(t, (0, pad)).contiguous() if pad else t.contiguous() for t in (q, k, v))
+    target = next((s for s in SAGE_HEAD_DIMS if s >= d), None)
+    if target is None:
+        raise ValueError(f"pst-yolo: sageattention supports head dims up to {SAGE_HEAD_DIMS[-1]}, got {d}")
+    pad = target - d
+    # F.pad always allocates; clone() where no padding is needed: the caller's q/k/v are never handed over.
+    q, k, v = (F.pad(t, (0, pad)) if pad else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
     out = fn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=scale)
     return out[..., :d] if pad else out
 
@@ -133,8 +154,8 @@ def _flash_supports(q, k, v, mask):
 
 
 def _sage_supports(q, k, v, mask):
-    if q.shape[-1] > 128:
-        return f"head dim {q.shape[-1]} unsupported (needs <= 128)"
+    if q.shape[-1] > SAGE_HEAD_DIMS[-1]:
+        return f"head dim {q.shape[-1]} unsupported (needs <= {SAGE_HEAD_DIMS[-1]}; padded to one of {SAGE_HEAD_DIMS})"
     return _cuda_half_unmasked(q, mask)
 
 
@@ -218,6 +239,8 @@ def why_not(name: str, q, k, v, mask=None) -> str | None:
 def choose_kernel(q, k, v, mask=None, backend: str | None = None) -> str:
     """Name of the kernel that will serve this call; fallbacks and the choice are logged once."""
     requested = resolve_backend(backend)
+    if requested == AUTO and in_export():
+        return "reference"  # explicit MatMul -> Softmax -> MatMul: the exported form (see reference_attention)
     if requested != AUTO:
         why = why_not(requested, q, k, v, mask)
         if why is None:

@@ -1,17 +1,22 @@
-"""What an exported PST graph may contain so that TensorRT can build it, and a checker for ONNX files.
+"""What an exported PST graph may contain so that TensorRT can build it, checks for ONNX files, and the FP16 repair.
 
-Export itself is the stock ``yolo export format=onnx|engine``; PST needs no exporter patch. The fine-attention path is
-traced as ``TopK`` (constant K = the layer's k) + ``GatherElements``; k = 0 exports the coarse-only graph.
+Export itself is the stock ``yolo export format=onnx|engine``. The fine-attention path is traced as ``TopK``
+(constant K = the layer's k) + ``GatherElements``; k = 0 exports the coarse-only graph. Every attention is
+MatMul(Q * scale, K^T) -> [Add mask] -> Softmax -> MatMul(V), the pattern TensorRT's attention fusion matches
+(:func:`attention_problems` checks it). Two Ultralytics export callbacks (``pst_yolo.integration``) make static-shape
+exports chunk the attention and repair FP16 files (:func:`fix_fp16_onnx`).
 
 Usage:
-    python -m pst_yolo.export model.onnx     # lists the PST ops and anything TensorRT's ONNX parser would reject
+    python -m pst_yolo.export model.onnx     # PST ops, TensorRT parser and attention-pattern problems
 """
 
 from __future__ import annotations
 
 import argparse
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
+
+from pst_yolo.extras import require
 
 # ONNX operators TensorRT's ONNX parser supports that a YOLO/PST graph can use. Source: onnx-tensorrt
 # docs/operators.md, "Operator Support Matrix" (https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md),
@@ -63,7 +68,7 @@ def topk_values(model) -> list[int]:
 
 def tensorrt_problems(model) -> list[str]:
     """Reasons TensorRT's ONNX parser would reject ``model`` (an ``onnx.ModelProto`` or path); empty if none known."""
-    import onnx
+    onnx = require("onnx", "checking an ONNX export")
 
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
@@ -88,19 +93,205 @@ def tensorrt_problems(model) -> list[str]:
     return problems
 
 
+def _producers(graph) -> dict:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _consumers(graph) -> dict:
+    users = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            users[name].append(node)
+    return users
+
+
+def _skip_casts(name, producers):
+    """The node behind ``name``, looking through Cast nodes (an FP16 file casts around some ops)."""
+    node = producers.get(name)
+    while node is not None and node.op_type == "Cast":
+        node = producers.get(node.input[0])
+    return node
+
+
+def pst_layers(onnx_model) -> list[int]:
+    """Indices of the model layers whose exported nodes hold a PST attention (``/model.<i>/m.<j>/attn/``), from the
+    node names torch.onnx writes after the module path."""
+    import re
+
+    found = {int(m.group(1)) for n in onnx_model.graph.node if (m := re.match(r"/model\.(\d+)/m\.\d+/attn/", n.name))}
+    return sorted(found)
+
+
+def attention_problems(model, layers=None) -> list[str]:
+    """Attention Softmaxes that do not form TensorRT's fusable pattern MatMul(Q * scale, K^T) -> [Add] -> Softmax ->
+    MatMul(V). A Softmax counts as attention when a MatMul (optionally + a mask Add) produces its input (the Detect
+    head's DFL Softmax does not). ``layers``: the model layers to check (default: the PST layers, :func:`pst_layers`;
+    stock Ultralytics attention such as C2PSA's is not pst-yolo's to shape). Returns one line per problem."""
+    onnx = require("onnx", "checking an ONNX export")
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    graph = model.graph
+    prefixes = tuple(f"/model.{i}/" for i in (pst_layers(model) if layers is None else layers))
+    producers, users, consts = _producers(graph), _consumers(graph), _constants(graph)
+    problems = []
+    for node in graph.node:
+        if node.op_type != "Softmax" or not node.name.startswith(prefixes):
+            continue
+        src = _skip_casts(node.input[0], producers)
+        if src is not None and src.op_type == "Add":  # the fine branch's additive mask
+            src = next((p for p in (_skip_casts(i, producers) for i in src.input) if p and p.op_type == "MatMul"), None)
+        if src is None or src.op_type != "MatMul":
+            continue
+        scaled = [_skip_casts(i, producers) for i in src.input]
+        if not any(p is not None and p.op_type == "Mul" and any(i in consts and consts[i].size == 1 for i in p.input)
+                   for p in scaled):
+            problems.append(f"{node.name}: the QK^T MatMul {src.name} has no scalar Mul (scale) on Q or K before it")
+        pv = [u for out in node.output for u in users.get(out, [])]
+        while any(u.op_type == "Cast" for u in pv):
+            pv = [v for u in pv for v in (users.get(u.output[0], []) if u.op_type == "Cast" else [u])]
+        if not any(u.op_type == "MatMul" for u in pv):
+            problems.append(f"{node.name}: the attention probabilities feed no MatMul with V")
+    return problems
+
+
+def topological_sort(graph) -> bool:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (in place); True if it moved any.
+
+    onnxruntime's FP16 converter (which Ultralytics' CPU ``half=True`` export runs) appends its input Casts after the
+    nodes that read them, which ``onnx.checker`` rejects although onnxruntime runs the file.
+    """
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    nodes, ordered = list(graph.node), []
+    waiting = {id(n): {i for i in n.input if i} for n in nodes}
+    users = _consumers(graph)
+    ready = [n for n in nodes if waiting[id(n)] <= available]
+    done = set()
+    while ready:
+        node = ready.pop(0)
+        if id(node) in done:
+            continue
+        done.add(id(node))
+        ordered.append(node)
+        for out in node.output:
+            available.add(out)
+            for user in users.get(out, []):
+                if id(user) not in done and waiting[id(user)] <= available:
+                    ready.append(user)
+    if len(ordered) != len(nodes):
+        missing = [n.name for n in nodes if id(n) not in done][:5]
+        raise ValueError(f"pst-yolo: ONNX graph has a cycle or dangling inputs (e.g. {missing})")
+    moved = [n.name for n in ordered] != [n.name for n in nodes]
+    if moved:
+        del graph.node[:]
+        graph.node.extend(ordered)
+    return moved
+
+
+def scores_to_float32(graph) -> int:
+    """Run the selection-score chain of an FP16 graph in float32; returns the number of score reductions changed.
+
+    The chain starts at every ReduceSum over attention probabilities (a Softmax output, the sum over queries of eq. 3)
+    and follows the float ops that consume it (chunk Adds, the Div by N, the Pad of the dynamic-size guard) up to TopK,
+    which onnxruntime's converter already keeps in float32, and the threshold comparison on TopK's values. Constants on
+    that path get float32 copies; the probabilities themselves stay FP16 (the model's precision), only their sum and
+    everything deciding the top-k is float32.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    producers, users, consts = _producers(graph), _consumers(graph), _constants(graph)
+    f32 = TensorProto.FLOAT
+    retyped, new_nodes, copies = set(), [], {}
+
+    def const32(name):
+        if name not in copies:
+            copies[name] = f"{name}_pst_fp32"
+            graph.initializer.append(numpy_helper.from_array(consts[name].astype("float32"), copies[name]))
+        return copies[name]
+
+    starts = [n for n in graph.node if n.op_type == "ReduceSum" and
+              getattr(_skip_casts(n.input[0], producers), "op_type", None) == "Softmax"]
+    for node in starts:
+        cast_out = f"{node.input[0]}_pst_fp32"
+        new_nodes.append(helper.make_node("Cast", [node.input[0]], [cast_out], to=f32, name=f"{node.name}_pst_cast"))
+        node.input[0] = cast_out
+    frontier = [n.output[0] for n in starts]
+    retyped.update(frontier)
+    while frontier:
+        name = frontier.pop()
+        for user in users.get(name, []):
+            if user.op_type == "TopK":
+                continue  # float32 already (the converter's block list); its values output is handled below
+            if user.op_type == "Cast":
+                cast_to = next(a.i for a in user.attribute if a.name == "to")
+                if cast_to == f32 and user.output[0] not in retyped:
+                    retyped.add(user.output[0])
+                    frontier.append(user.output[0])
+                continue
+            if user.op_type not in ("Add", "Sub", "Mul", "Div", "Pad", "Greater", "Less"):
+                continue
+            for j, inp in enumerate(user.input):
+                if inp in retyped or not inp:
+                    continue
+                if inp in consts and consts[inp].dtype.kind == "f":
+                    user.input[j] = const32(inp)
+            if user.op_type not in ("Greater", "Less") and user.output[0] not in retyped:
+                retyped.add(user.output[0])
+                frontier.append(user.output[0])
+    # The threshold test reads TopK's float32 values directly, not the converter's FP16 copy of them.
+    for topk in (n for n in graph.node if n.op_type == "TopK" and n.input[0] in retyped):
+        for cast in [u for u in users.get(topk.output[0], []) if u.op_type == "Cast"]:
+            for user in users.get(cast.output[0], []):
+                if user.op_type in ("Greater", "Less"):
+                    user.input[list(user.input).index(cast.output[0])] = topk.output[0]
+                    for j, inp in enumerate(user.input):
+                        if inp in consts and consts[inp].dtype.kind == "f" and inp != topk.output[0]:
+                            user.input[j] = const32(inp)
+    graph.node.extend(new_nodes)
+    keep = [vi for vi in graph.value_info if vi.name not in retyped]  # shape inference re-derives their types
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    return len(starts)
+
+
+def fix_fp16_onnx(path) -> dict:
+    """Repair an FP16 ONNX file written by Ultralytics' CPU ``half=True`` export, in place (idempotent).
+
+    Selection scores and the top-k threshold in float32 (:func:`scores_to_float32`; indices are int64 throughout)
+    and the nodes in topological order (:func:`topological_sort`), so the file passes ``onnx.checker``.
+
+    Returns:
+        (dict): ``{"scores_fp32": n, "reordered": bool}``, what was changed.
+    """
+    onnx = require("onnx", "checking an ONNX export")
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    is_fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    already = any(t.name.endswith("_pst_fp32") for t in graph.initializer) or any(
+        n.name.endswith("_pst_cast") for n in graph.node)
+    changed = {"scores_fp32": scores_to_float32(graph) if is_fp16 and not already else 0}
+    changed["reordered"] = topological_sort(graph)
+    if changed["scores_fp32"] or changed["reordered"]:
+        onnx.save(model, str(path))
+    return changed
+
+
 def summary(path) -> str:
     """One readable paragraph about an exported file: opset, op counts, TopK K values, TensorRT problems."""
-    import onnx
+    onnx = require("onnx", "checking an ONNX export")
 
     model = onnx.load(str(path))
     ops = Counter(n.op_type for n in model.graph.node)
     ks = topk_values(model)
     problems = tensorrt_problems(model)
+    pattern = attention_problems(model)
     lines = [
         f"{path}: opset {[o.version for o in model.opset_import]}, {sum(ops.values())} nodes",
         f"  fine attention: {len(ks)} TopK node(s), K = {ks}" if ks else "  fine attention: none (coarse-only graph)",
         "  ops: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())),
         "  TensorRT parser: no known problem" if not problems else "  TensorRT problems:\n    " + "\n    ".join(problems),
+        "  attention pattern: every Softmax fusable" if not pattern else "  attention pattern:\n    " + "\n    ".join(pattern),
     ]
     return "\n".join(lines)
 
@@ -112,7 +303,7 @@ def main(argv=None) -> int:
     bad = 0
     for p in args.onnx:
         print(summary(p))
-        bad += bool(tensorrt_problems(p))
+        bad += bool(tensorrt_problems(p) or attention_problems(p))
     return 1 if bad else 0
 
 

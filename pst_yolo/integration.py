@@ -8,6 +8,9 @@ Ultralytics has no plugin API for model layers, so registration does three narro
    two inputs (``from: [finer, coarser]``); the PST class names are added to ``ultralytics.nn.tasks``' namespace,
    where ``parse_model`` looks names up.
 3. The PST classes join torch's safe-globals allow-list so ``ULTRALYTICS_SAFE_LOAD=1`` can load PST checkpoints.
+4. Two default export callbacks: a static-shape export (``dynamic=False``) traces PSA's attention in query chunks
+   (``pst_yolo.scoring.static_export``: bounded memory in onnxruntime), and an FP16 ONNX file gets its graph back in
+   topological order with the selection scores in float32 (``pst_yolo.export.fix_fp16_onnx``).
 
 Nothing is patched on an Ultralytics version outside ``SUPPORTED`` (tested range); ``register()`` raises instead.
 """
@@ -184,7 +187,41 @@ def patch_tasks(tasks=None) -> None:
         tasks.parse_model = _patched_parse_model(tasks.parse_model)
     if hasattr(torch.serialization, "add_safe_globals"):
         torch.serialization.add_safe_globals([PST, PSTBlock, PyramidSparseAttention])
+    patch_callbacks()
 
+
+
+# ------------------------------------------------------------------------------------------------------- callbacks
+def on_export_start(exporter) -> None:
+    """Static-shape exports trace PSA in query chunks (the input size is fixed, so the chunk bounds may be)."""
+    from pst_yolo.scoring import set_static_export
+
+    set_static_export(not getattr(exporter.args, "dynamic", False))
+
+
+def on_export_end(exporter) -> None:
+    """Back to one-piece tracing; repair the FP16 ONNX file Ultralytics' CPU half conversion wrote, if any."""
+    from pst_yolo.scoring import set_static_export
+
+    set_static_export(False)
+    args = exporter.args
+    half = getattr(args, "quantize", None) == 16 or getattr(args, "half", False)  # 8.4.190 / older spelling
+    if getattr(args, "format", None) == "onnx" and half:
+        from pst_yolo.export import fix_fp16_onnx
+
+        fix_fp16_onnx(exporter.file.with_suffix(".onnx"))
+
+
+def patch_callbacks(base=None) -> None:
+    """Add :func:`on_export_start` / :func:`on_export_end` to Ultralytics' default callbacks (idempotent); every
+    ``YOLO`` object and ``Exporter`` created afterwards copies them."""
+    if base is None:
+        from ultralytics.utils.callbacks import base
+    for event, fn in (("on_export_start", on_export_start), ("on_export_end", on_export_end)):
+        hooks = base.default_callbacks.setdefault(event, [])
+        if not any(getattr(h, "__qualname__", None) == fn.__qualname__ and
+                   getattr(h, "__module__", None) == fn.__module__ for h in hooks):
+            hooks.append(fn)
 
 
 def register() -> None:

@@ -2,6 +2,9 @@
 
 All projections are Ultralytics ``Conv`` (1x1 conv + BatchNorm [+ SiLU]) so ``model.fuse()`` folds the BatchNorms.
 The name ``PSA`` is taken in Ultralytics (YOLOv10's position-sensitive attention); this file never shadows it.
+A PSA forward is one pass in one direction: project, coarse output (+ scores), select, fine, fuse. How the coarse
+output and the scores are computed (per device, for export, per kernel) is decided in ``pst_yolo.scoring``, which
+regions are refined in ``pst_yolo.selection``, which attention kernel runs in ``pst_yolo.attention``.
 """
 
 from __future__ import annotations
@@ -12,11 +15,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pst_yolo.attention import EXPORTABLE, attention, choose_kernel, in_export, log_once, resolve_backend
+from pst_yolo.attention import attention, in_export, log_once, resolve_backend
 from pst_yolo.linear_attention import linear_attention
-from pst_yolo.runtime import check_topk, env_topk
-from pst_yolo.selection import coarse_attention_and_scores, coarse_scores, select_fine_tokens
-from pst_yolo.switches import check_switches
+from pst_yolo.scoring import coarse_attention
+from pst_yolo.selection import select_fine_tokens
+from pst_yolo.switches import (
+    CPE_MODES,
+    INIT_KINDS,
+    check_choice,
+    check_layer_scale,
+    check_switches,
+    check_topk,
+    env_topk,
+)
 
 HEAD_DIM = 32
 THRESHOLD = 1e-6
@@ -49,7 +60,8 @@ class PyramidSparseAttention(nn.Module):
 
     Queries come from the finer map ``x`` (B, C, H, W); keys/values from the coarser map ``u`` (B, C, ceil(H/2),
     ceil(W/2)). Fine attention runs only in eval mode with ``topk > 0`` and reuses the same K/V projections on ``x``
-    at the 2x2 blocks under the top-k coarse keys (paper eqs. 1-6).
+    at the 2x2 blocks under the top-k coarse keys (paper eqs. 1-6). An eval forward has no host synchronisation and a
+    fixed number of ops with the ``lse`` score strategy (``pst_yolo.scoring``), so it can be captured in a CUDA graph.
 
     Args:
         c (int): Channels of both inputs and of the output; a multiple of 32 (head dim).
@@ -64,6 +76,8 @@ class PyramidSparseAttention(nn.Module):
             which coarse-only training never updates (they keep their initial weights).
         attn (str): Ablation (Table 4d): ``"softmax"`` (paper), or linear attention ``"relu"`` / ``"elu"`` (ELU+1)
             for the coarse branch, which has no fine branch (topk is ignored, with a one-time log line).
+        cpe (str): How the CPE, computed on the coarse grid, reaches the finer grid: ``"bilinear"`` (default, the
+            authors' release) or ``"nearest"`` (each coarse cell covers its 2x2 block; pst-yolo 0.1).
 
     Examples:
         >>> attn = PyramidSparseAttention(64).eval()
@@ -71,8 +85,9 @@ class PyramidSparseAttention(nn.Module):
         torch.Size([2, 64, 20, 20])
     """
 
-    # Class-level defaults of the ablation switches: checkpoints pickled before the switches existed still load.
-    gating, shared_kv, attn = False, True, "softmax"
+    # Class-level defaults of the switches: checkpoints pickled before a switch existed load with the behaviour they
+    # were trained with (pst-yolo 0.1 upsampled the CPE with "nearest").
+    gating, shared_kv, attn, cpe = False, True, "softmax", "nearest"
 
     def __init__(
         self,
@@ -83,6 +98,7 @@ class PyramidSparseAttention(nn.Module):
         gating: bool = False,
         shared_kv: bool = True,
         attn: str = "softmax",
+        cpe: str = "bilinear",
     ):
         super().__init__()
         hidden_width(c, 1.0, "PyramidSparseAttention")
@@ -99,6 +115,7 @@ class PyramidSparseAttention(nn.Module):
         self.proj = Conv(c, c, 1, act=False)
         # ---- ablation switches (paper Table 4c-e); defaults add no modules and leave the forward path as is ----
         self.gating, self.shared_kv, self.attn = check_switches(gating, shared_kv, attn, "PyramidSparseAttention")
+        self.cpe = check_choice(cpe, "cpe", CPE_MODES, "PyramidSparseAttention")
         if self.gating:
             self.gate = nn.Conv1d(2 * c, c, 1)  # eq. 7's Conv1d: one linear map per token of concat(O_c, O_f)
         if not self.shared_kv:
@@ -123,8 +140,8 @@ class PyramidSparseAttention(nn.Module):
             self.topk = env
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, heads, H*W, head_dim)."""
-        return t.flatten(2).unflatten(1, (self.heads, self.head_dim)).transpose(-2, -1)
+        """(B, C, H, W) -> (B, heads, H*W, head_dim), contiguous: every kernel and the fine branch read it so."""
+        return t.flatten(2).unflatten(1, (self.heads, self.head_dim)).transpose(-2, -1).contiguous()
 
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Attend from ``x`` (B, C, H, W) to ``u`` (B, C, ceil(H/2), ceil(W/2)); returns (B, C, H, W)."""
@@ -137,44 +154,45 @@ class PyramidSparseAttention(nn.Module):
             if self.topk > 0 and not self.training:
                 self._log_linear_topk()
         elif self.topk > 0 and not self.training:
-            out, scores = self.coarse(q, k, v)
-            fine = self.fine(x, q, k, u.shape[-1], scores)
+            out, scores = coarse_attention(q, k, v, self.scale, self.backend)
+            index, valid = select_fine_tokens(scores, self.topk, self.threshold, u.shape[-1], h, w)
+            fine = self.fine(x, q, index, valid)
         else:
-            out = attention(q, k, v, scale=self.scale, backend=self.backend)
-        if self.gating:
-            out = self._gated(out, fine)
-        elif fine is not None:
-            out = out + fine
-        out = out.transpose(-2, -1).reshape(b, c, h, w)
-        pe = F.interpolate(self.pe(v_map), scale_factor=2.0, mode="nearest")[..., :h, :w]
-        return self.proj(out + pe)
+            out = coarse_attention(q, k, v, self.scale, self.backend, scores=False)[0]
+        return self.fuse_outputs(out, fine, v_map, b, h, w)
 
-    def coarse(self, q, k, v):
-        """Coarse output and selection scores. When the attention kernel would be the plain SDPA/reference path (CPU,
-        export) one chunked explicit-softmax pass yields both, so QK^T is computed once; a dedicated GPU kernel
-        (FlashAttention, SageAttention) runs the output and a chunked pass recomputes the scores."""
-        if choose_kernel(q, k, v, None, self.backend) in EXPORTABLE and (q.device.type == "cpu" or in_export()):
-            return coarse_attention_and_scores(q, k, v, self.scale)
-        return attention(q, k, v, scale=self.scale, backend=self.backend), coarse_scores(q, k, self.scale)
+    def fine(self, x, q, index, valid) -> torch.Tensor:
+        """Sparse fine attention of every query over the gathered fine tokens; (B, heads, N, head_dim).
 
-    def fine(self, x, q, k, coarse_w: int, scores=None) -> torch.Tensor:
-        """Sparse fine attention over the 2x2 blocks of the top-k coarse keys; (B, heads, N, head_dim)."""
-        h, w = x.shape[-2:]
-        if scores is None:
-            scores = coarse_scores(q, k, self.scale)
-        index, valid = select_fine_tokens(scores, self.topk, self.threshold, coarse_w, h, w)
+        ``index``/``valid`` (B, heads, T) from :func:`select_fine_tokens`. Tokens that are not refined (below the
+        threshold, clipped at an odd border) are masked; their values are zeroed too, so a (batch, head) with no
+        refined token at all contributes exactly 0, with no branch on the data.
+        """
         kf, vf = self._fine_kv(x, index)
-        # (not while tracing/compiling: the branch depends on data, which export and fullgraph compile cannot follow)
-        if not in_export() and not torch.compiler.is_compiling() and bool(valid.all()):
-            # Common case (threshold met, even map): no mask, so mask-free kernels (FlashAttention, Sage) can serve it.
-            return attention(q, kf, vf, scale=self.scale, backend=self.backend)
-        # A (batch, head) with no valid token attends to all of them and is zeroed below: an all-masked row would be
-        # NaN in fp16 (finfo.min + a negative logit overflows to -inf), and NaN * 0 is still NaN.
-        keep = valid | ~valid.any(dim=-1, keepdim=True)
-        mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
-        out = attention(q, kf, vf, mask=mask.unsqueeze(-2), scale=self.scale, backend=self.backend)
-        # A (batch, head) whose regions all failed the threshold contributes nothing (not a uniform average).
-        return out * valid.any(dim=-1)[..., None, None].to(out.dtype)
+        vf = torch.where(valid.unsqueeze(-1), vf, 0.0)
+        # Half of finfo.min: finite after adding any logit (finfo.min plus a negative fp16 logit overflows to -inf, and
+        # a row of -inf would be NaN), and still far enough below every real logit that its exp() is exactly 0.
+        # (torch.where builds float32 from a Python scalar, hence float32's bound for float64.)
+        mask = torch.where(valid, 0.0, max(torch.finfo(q.dtype).min, torch.finfo(torch.float32).min) / 2)
+        mask = (mask if mask.dtype == q.dtype else mask.to(q.dtype)).unsqueeze(-2)
+        return attention(q, kf, vf, mask=mask, scale=self.scale, backend=self.backend)
+
+    def fuse_outputs(self, coarse, fine, v_map, b: int, h: int, w: int) -> torch.Tensor:
+        """``proj(O_coarse + O_fine + CPE)`` (eq. 6), or the gated mix of eqs. 7-8; (B, C, H, W)."""
+        if self.gating:
+            out = self._gated(coarse, fine)
+        else:
+            out = coarse if fine is None else coarse + fine
+        # b, h, w from the input's shape: traced symbolically, so a dynamic export keeps a dynamic batch and size
+        out = out.transpose(-2, -1).reshape(b, self.heads * self.head_dim, h, w)
+        return self.proj(out + self._cpe(v_map, h, w))
+
+    def _cpe(self, v_map, h: int, w: int) -> torch.Tensor:
+        """Convolutional positional encoding of the coarse values, on the finer (h, w) grid."""
+        pe = self.pe(v_map)
+        if self.cpe == "bilinear":
+            return F.interpolate(pe, size=(h, w), mode="bilinear", align_corners=False)
+        return F.interpolate(pe, scale_factor=2.0, mode="nearest")[..., :h, :w]
 
     def _gated(self, coarse: torch.Tensor, fine: torch.Tensor | None) -> torch.Tensor:
         """Self-gating fusion of eqs. 7-8 on (B, heads, N, d) outputs; ``fine=None`` (fine off) means zeros."""
@@ -194,13 +212,38 @@ class PyramidSparseAttention(nn.Module):
         # (B, C, heads*T) -> (B, heads, T, C); the index, not the map, is expanded (no per-head copy of x).
         xg = x.flatten(2).gather(2, index.flatten(1).unsqueeze(1).expand(b, c, -1))
         xg = xg.unflatten(2, (self.heads, t)).permute(0, 2, 3, 1)
-        # Shared projections (paper Table 4e) unless the separate-K/V ablation is on.
-        wk, bk = pointwise_affine(self.k if self.shared_kv else self.k_fine)
-        wv, bv = pointwise_affine(self.v if self.shared_kv else self.v_fine)
-        weight = torch.cat([wk.view(self.heads, self.head_dim, c), wv.view(self.heads, self.head_dim, c)], 1)
-        bias = torch.cat([bk.view(self.heads, 1, self.head_dim), bv.view(self.heads, 1, self.head_dim)], -1)
-        kv = xg @ weight.transpose(1, 2).to(xg.dtype) + bias.to(xg.dtype)  # (B, heads, T, 2d)
-        return kv[..., : self.head_dim], kv[..., self.head_dim :]
+        (wk, bk), (wv, bv) = self._fine_projection(xg.dtype)
+        return xg @ wk + bk, xg @ wv + bv  # (B, heads, T, d) each, contiguous as the kernels want them
+
+    def _fine_projection(self, dtype):
+        """Per-head fine K and V weights (heads, C, d) and biases (heads, 1, d), BatchNorm folded.
+
+        Rebuilt only when a weight, a BN statistic, the dtype or the device changed (tensor version counters): in an
+        eval loop the folding costs nothing, and no stale weights survive ``load_state_dict``, ``fuse()`` or a
+        training step. Not cached while autograd, export or compilation need the computation in the graph, nor for
+        inference tensors (weights made under ``torch.inference_mode``, e.g. fused there), which have no versions.
+        """
+        k, v = (self.k, self.v) if self.shared_kv else (self.k_fine, self.v_fine)
+        tensors = [t for m in (k, v) for t in (*m.parameters(), *m.buffers())]
+        cacheable = not (in_export() or torch.compiler.is_compiling() or any(t.is_inference() for t in tensors) or
+                         (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+        key = (dtype, *((t.data_ptr(), t._version) for t in tensors)) if cacheable else None
+        cached = self.__dict__.get("_fine_cache")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        result = tuple(
+            (w.view(self.heads, self.head_dim, -1).transpose(1, 2).to(dtype),
+             b.view(self.heads, 1, self.head_dim).to(dtype))
+            for w, b in (pointwise_affine(k), pointwise_affine(v))
+        )
+        if key is not None:
+            self.__dict__["_fine_cache"] = (key, result)  # not a buffer: never saved, never moved by .to()
+        return result
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_fine_cache", None)  # derived from the weights: never pickled into checkpoints or EMA copies
+        return state
 
 
 def pointwise_affine(m):
@@ -228,7 +271,12 @@ class PSTBlock(nn.Module):
         topk (int): Fine-attention regions per head at inference.
         threshold (float): Minimum score of a refined region.
         backend (str | None): Attention kernel name.
-        gating, shared_kv, attn: Ablation switches, see ``PyramidSparseAttention``.
+        gating, shared_kv, attn, cpe: Switches, see ``PyramidSparseAttention``.
+        init (str): ``"default"`` (PyTorch's conv init) or ``"trunc_normal"`` (the authors' release: every conv of the
+            block trunc-normal with std 0.02, zero bias).
+        layer_scale (float | None): Initial weight of the BatchNorm that ends each residual branch (attention ``proj``
+            and the MLP's second conv); None keeps BatchNorm's 1. 0 starts the block as the identity (zero-init
+            residual); the BN weight stays a learnable per-channel scale and folds away in ``fuse()``.
     """
 
     def __init__(
@@ -241,11 +289,24 @@ class PSTBlock(nn.Module):
         gating=False,
         shared_kv=True,
         attn="softmax",
+        init="trunc_normal",
+        cpe="bilinear",
+        layer_scale=None,
     ):
         super().__init__()
         ch = int(c * mlp_ratio)
-        self.attn = PyramidSparseAttention(c, topk, threshold, backend, gating, shared_kv, attn)
+        self.attn = PyramidSparseAttention(c, topk, threshold, backend, gating, shared_kv, attn, cpe)
         self.mlp = nn.Sequential(Conv(c, ch, 1), Conv(ch, c, 1, act=False))
+        if check_choice(init, "init", INIT_KINDS, "PSTBlock") == "trunc_normal":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+        layer_scale = check_layer_scale(layer_scale, "PSTBlock")
+        if layer_scale is not None:
+            for branch_end in (self.attn.proj, self.mlp[-1]):
+                nn.init.constant_(branch_end.bn.weight, layer_scale)
 
     def forward(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """(B, c, H, W), (B, c, ceil(H/2), ceil(W/2)) -> (B, c, H, W)."""
@@ -272,6 +333,9 @@ class PST(nn.Module):
         gating (bool): Self-gating of coarse and fine outputs (Table 4c ablation; paper default False).
         shared_kv (bool): Fine attention reuses the coarse K/V convs (Table 4e; paper default True).
         attn (str): ``"softmax"`` (paper), or linear attention ``"relu"`` / ``"elu"`` (Table 4d ablation, coarse only).
+        init (str): Conv init of the PSA blocks, ``"default"`` or ``"trunc_normal"`` (see ``PSTBlock``).
+        cpe (str): CPE upsampling, ``"nearest"`` or ``"bilinear"``.
+        layer_scale (float | None): Initial weight of each residual branch's last BatchNorm (see ``PSTBlock``).
         YAML rows pass these positionally after c2 in this order, or as a trailing dict (see ``pst_yolo.switches``).
 
     Examples:
@@ -294,6 +358,9 @@ class PST(nn.Module):
         gating=False,
         shared_kv=True,
         attn="softmax",
+        init="trunc_normal",
+        cpe="bilinear",
+        layer_scale=None,
     ):
         super().__init__()
         c_ = hidden_width(c2, e)
@@ -303,7 +370,8 @@ class PST(nn.Module):
         self.cv1 = Conv(c1, c_, 1)
         self.cvup = Conv(c_up, c_, 1)
         self.m = nn.ModuleList(
-            PSTBlock(c_, mlp_ratio, k, threshold, backend, gating, shared_kv, attn) for _ in range(n)
+            PSTBlock(c_, mlp_ratio, k, threshold, backend, gating, shared_kv, attn, init, cpe, layer_scale)
+            for _ in range(n)
         )
         self.cv2 = Conv((1 + n) * c_, c2, 1)
 

@@ -2,31 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-ENV_TOPK = "PST_TOPK"
-
-
-def check_topk(k, source="k") -> int:
-    """Return ``k`` as an int >= 0, or raise a ValueError that names where the bad value came from."""
-    if isinstance(k, bool) or not isinstance(k, int):
-        try:
-            if isinstance(k, str) and k.strip().lstrip("+").isdigit():
-                return int(k)
-        except ValueError:
-            pass
-        raise ValueError(f"pst-yolo: {source} must be a non-negative integer (0 = coarse only), got {k!r}")
-    if k < 0:
-        raise ValueError(f"pst-yolo: {source} must be a non-negative integer (0 = coarse only), got {k}")
-    return k
-
-
-def env_topk() -> int | None:
-    """The ``PST_TOPK`` override for every PST model built or loaded in this process, or None if unset."""
-    raw = os.environ.get(ENV_TOPK)
-    if raw is None or raw.strip() == "":
-        return None
-    return check_topk(raw, source=f"environment variable {ENV_TOPK}")
+from pst_yolo.modules import PyramidSparseAttention
+from pst_yolo.switches import ENV_TOPK, check_topk, env_topk  # noqa: F401  (re-exported: the public home of PST_TOPK)
 
 
 def set_topk(model, k: int) -> int:
@@ -46,8 +23,6 @@ def set_topk(model, k: int) -> int:
         >>> set_topk(model, 0)  # coarse-only inference
         1
     """
-    from pst_yolo.modules import PyramidSparseAttention
-
     k = check_topk(k)
     root = getattr(model, "model", model)  # YOLO object -> its nn.Module
     if not hasattr(root, "modules"):

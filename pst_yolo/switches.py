@@ -12,8 +12,10 @@ Defaults are the paper's final design: k=8, one block, no gating (Table 4c), sha
 
 from __future__ import annotations
 
+import os
+
 # Order of PST's arguments after (c1, c_up, c2, n); a YAML row lists them after c2 (n comes from the row).
-ARG_ORDER = ("mlp_ratio", "e", "k", "threshold", "backend", "gating", "shared_kv", "attn")
+ARG_ORDER = ("mlp_ratio", "e", "k", "threshold", "backend", "gating", "shared_kv", "attn", "init", "cpe", "layer_scale")
 DEFAULTS = {
     "mlp_ratio": 2.0,
     "e": 0.5,
@@ -23,10 +25,17 @@ DEFAULTS = {
     "gating": False,
     "shared_kv": True,
     "attn": "softmax",
+    "init": "trunc_normal",
+    "cpe": "bilinear",
+    "layer_scale": None,
 }
 # Coarse attention kinds: softmax (the paper's), or linear attention (Katharopoulos et al. 2020) with a ReLU or
 # ELU+1 feature map; linear attention never forms softmax probabilities, so it has no fine branch.
 ATTN_KINDS = ("softmax", "relu", "elu")
+# Convolution init of the PSA blocks: PyTorch's default, or the authors' release (trunc-normal std 0.02, zero bias).
+INIT_KINDS = ("default", "trunc_normal")
+# How the CPE (computed on the coarse grid) is brought to the finer grid.
+CPE_MODES = ("nearest", "bilinear")
 
 
 def check_flag(value, name: str, where: str) -> bool:
@@ -48,6 +57,22 @@ def check_attn(value, where: str) -> str:
 def check_switches(gating, shared_kv, attn, where: str = "PST") -> tuple[bool, bool, str]:
     """Validate the Table 4c-e switches; returns ``(gating, shared_kv, attn)`` normalised."""
     return check_flag(gating, "gating", where), check_flag(shared_kv, "shared_kv", where), check_attn(attn, where)
+
+
+def check_choice(value, name: str, choices, where: str) -> str:
+    """A string option from ``choices`` (case-insensitive); anything else is an error naming the layer and argument."""
+    if isinstance(value, str) and value.lower() in choices:
+        return value.lower()
+    raise ValueError(f"{where}: {name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_layer_scale(value, where: str) -> float | None:
+    """None (BatchNorm's own init, weight 1) or a float >= 0: the initial weight of each residual branch's last BN."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{where}: layer_scale must be null or a number >= 0, got {value!r}")
+    return float(value)
 
 
 def yaml_args(args: list, where: str) -> list:
@@ -83,3 +108,26 @@ def yaml_args(args: list, where: str) -> list:
     for key, value in named.items():
         out[ARG_ORDER.index(key)] = value
     return out
+
+
+# ------------------------------------------------------------------------------------------- top-k (fine attention)
+ENV_TOPK = "PST_TOPK"
+
+
+def check_topk(k, source="k") -> int:
+    """Return ``k`` as an int >= 0, or raise a ValueError that names where the bad value came from."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        if isinstance(k, str) and k.strip().lstrip("+").isdigit():
+            return int(k)
+        raise ValueError(f"pst-yolo: {source} must be a non-negative integer (0 = coarse only), got {k!r}")
+    if k < 0:
+        raise ValueError(f"pst-yolo: {source} must be a non-negative integer (0 = coarse only), got {k}")
+    return k
+
+
+def env_topk() -> int | None:
+    """The ``PST_TOPK`` override for every PST model built or loaded in this process, or None if unset."""
+    raw = os.environ.get(ENV_TOPK)
+    if raw is None or raw.strip() == "":
+        return None
+    return check_topk(raw, source=f"environment variable {ENV_TOPK}")

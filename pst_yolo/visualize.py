@@ -123,7 +123,8 @@ class AttentionRecorder:
 def record_psa(m, x: torch.Tensor, u: torch.Tensor, name="", layer=None, block=0) -> PSARecord:
     """Recompute scores and selection of PyramidSparseAttention ``m`` for inputs ``x`` (finer), ``u`` (coarser)."""
     from pst_yolo.linear_attention import linear_probabilities
-    from pst_yolo.selection import coarse_scores, select_fine_tokens
+    from pst_yolo.scoring import coarse_scores
+    from pst_yolo.selection import select_fine_tokens
 
     h, w = x.shape[-2:]
     q, k = m._heads(m.q(x)), m._heads(m.k(u))

@@ -5,7 +5,8 @@ noise hits all models alike; figures are medians, and the ratios are what to rea
 random weights (nothing downloads), fused and in eval like Ultralytics inference.
 
     python scripts/bench.py --quick                 # smoke run (seconds to a minute)
-    python scripts/bench.py                         # full: 320/640/1280, PyTorch + onnxruntime, memory, training
+    python scripts/bench.py                         # full: 320/640/1280, PyTorch + onnxruntime + OpenVINO, op counts,
+                                                    # memory, training
     python scripts/bench.py --sizes 640 --runs 30 --threads 4 --no-onnx
 
 Peak memory: every (model, size, engine) runs in a fresh subprocess; after one warm-up forward the resident-set
@@ -29,13 +30,14 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = [  # label, yaml, topk (None = stock model)
-    ("yolo11n", "yolo11n.yaml", None),
-    ("yolo11n-pst k=0", "yolo11n-pst.yaml", 0),
-    ("yolo11n-pst k=8", "yolo11n-pst.yaml", 8),
-    ("yolo12n", "yolo12n.yaml", None),
-    ("yolo12n-pst k=0", "yolo12n-pst.yaml", 0),
-    ("yolo12n-pst k=8", "yolo12n-pst.yaml", 8),
+MODELS = [  # label, yaml, topk (None = stock model), score strategy (pst_yolo.scoring; None = auto)
+    ("yolo11n", "yolo11n.yaml", None, None),
+    ("yolo11n-pst k=0", "yolo11n-pst.yaml", 0, None),
+    ("yolo11n-pst k=8", "yolo11n-pst.yaml", 8, None),
+    ("yolo11n-pst k=8 lse", "yolo11n-pst.yaml", 8, "lse"),
+    ("yolo12n", "yolo12n.yaml", None, None),
+    ("yolo12n-pst k=0", "yolo12n-pst.yaml", 0, None),
+    ("yolo12n-pst k=8", "yolo12n-pst.yaml", 8, None),
 ]
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
@@ -48,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per model and size")
     p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads (default: cores)")
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
+    p.add_argument("--no-openvino", action="store_true", help="skip OpenVINO (also skipped when it is not installed)")
+    p.add_argument("--no-ops", action="store_true", help="skip the op / host-sync count table")
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory table")
     p.add_argument("--no-train", action="store_true", help="skip the training step table")
     p.add_argument("--no-psa", action="store_true", help="skip the PSA-alone sweep")
@@ -129,22 +133,37 @@ def ort_session(path, threads, arena=True):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def with_strategy(strategy, fn):
+    """``fn`` run under a score strategy (``pst_yolo.scoring``; None = the process default, auto)."""
+    from pst_yolo import scoring
+
+    def run():
+        scoring.set_strategy(strategy)
+        try:
+            return fn()
+        finally:
+            scoring.set_strategy(None)
+
+    return run
+
+
 def latency(args, models, labels_yaml, notes):
     import torch
 
     rows, onnx_paths = [], {}
     for size in args.sizes:
         x = torch.rand(1, 3, size, size)
-        fns = {label: (lambda m=m: m(x)) for label, m in models.items()}
+        fns = {label: with_strategy(labels_yaml[label][2], lambda m=m: m(x)) for label, m in models.items()}
         with torch.inference_mode():
             pt = interleaved(fns, runs_at(args, size), args.warmup)
-        ort_t = {}
+        ort_t, ov_t = {}, {}
+        exported = [lab for lab in models if labels_yaml[lab][2] is None]  # a strategy changes no exported graph
         if not args.no_onnx:
             sessions = {}
-            for label, m in models.items():
+            for label in exported:
                 path = Path(args.workdir) / f"{label.replace(' ', '_').replace('=', '')}_{size}.onnx"
                 try:
-                    onnx_paths[(label, size)] = export_onnx(*labels_yaml[label], size, path)
+                    onnx_paths[(label, size)] = export_onnx(*labels_yaml[label][:2], size, path)
                     sessions[label] = ort_session(onnx_paths[(label, size)], args.threads)
                 except Exception as e:  # report, keep benchmarking the rest
                     notes.append(f"onnx export/load of {label} at {size} failed: {type(e).__name__}: {e}")
@@ -156,15 +175,53 @@ def latency(args, models, labels_yaml, notes):
                 args.warmup,
             )
             del sessions, feeds
+        if not args.no_openvino and openvino_available():
+            compiled = {}
+            for label in exported:
+                try:
+                    compiled[label] = openvino_model(*labels_yaml[label][:2], size, args)
+                except Exception as e:
+                    notes.append(f"openvino export/compile of {label} at {size} failed: {type(e).__name__}: {e}")
+            xn = x.numpy()
+            ov_t = interleaved({lab: (lambda c=c: c(xn)) for lab, c in compiled.items()}, runs_at(args, size), args.warmup)
+            del compiled
         for label in models:
-            rows.append((label, size, pt[label], ort_t.get(label)))
+            rows.append((label, size, pt[label], ort_t.get(label), ov_t.get(label)))
         print(f"  latency {size}: done", file=sys.stderr)
         gc.collect()
     return rows, onnx_paths
 
 
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_model(yaml, topk, size, args):
+    """Export like ``yolo export format=openvino imgsz=<size>`` (fp32) and compile for the CPU; returns a callable."""
+    import openvino as ov
+    from ultralytics import YOLO
+
+    from pst_yolo.runtime import set_topk
+
+    y = YOLO(yaml)
+    if topk is not None:
+        set_topk(y, topk)
+    with contextlib.redirect_stdout(None):
+        folder = y.export(format="openvino", imgsz=size, batch=1, device="cpu", verbose=False)
+    core = ov.Core()
+    core.set_property("CPU", {"INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(next(Path(folder).glob("*.xml")), "CPU")
+    return lambda x: compiled(x)
+
+
 def stock_of(label):
     return label.split("-pst")[0] if "-pst" in label else label
+
+
+def k0_of(label):
+    return label.split(" k=8")[0] + " k=0" if "k=8" in label else None
 
 
 def fmt_ratio(a, b):
@@ -172,19 +229,44 @@ def fmt_ratio(a, b):
 
 
 def latency_table(rows):
-    d = {(lab, s): (pt, ox) for lab, s, pt, ox in rows}
+    d = {(lab, s): r for lab, s, *r in rows}
+    ms = lambda v: "" if v is None else f"{v * 1e3:.1f}"  # noqa: E731
     out = [
-        "| model | size | PyTorch ms | vs stock | vs k=0 | onnxruntime ms | vs stock | vs k=0 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | size | PyTorch ms | vs stock | vs k=0 | onnxruntime ms | vs stock | vs k=0 | OpenVINO ms | vs stock "
+        "| vs k=0 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for lab, s, pt, ox in rows:
-        st = d.get((stock_of(lab), s), (None, None))
-        k0 = d.get((lab.replace("k=8", "k=0"), s), (None, None)) if "k=8" in lab else (None, None)
-        out.append(
-            f"| {lab} | {s} | {pt * 1e3:.1f} | {fmt_ratio(pt, st[0]) if '-pst' in lab else ''} | {fmt_ratio(pt, k0[0])} "
-            f"| {'' if ox is None else f'{ox * 1e3:.1f}'} | {fmt_ratio(ox, st[1]) if '-pst' in lab else ''} "
-            f"| {fmt_ratio(ox, k0[1])} |"
-        )
+    for lab, s, *r in rows:
+        st = d.get((stock_of(lab), s), (None,) * 3)
+        k0 = d.get((k0_of(lab), s), (None,) * 3) if k0_of(lab) else (None,) * 3
+        cells = []
+        for i in range(3):
+            cells += [ms(r[i]), fmt_ratio(r[i], st[i]) if "-pst" in lab else "", fmt_ratio(r[i], k0[i])]
+        out.append(f"| {lab} | {s} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------- ops and syncs
+def op_counts(args, models, labels_yaml):
+    """Top-level aten ops (each at least one kernel launch on a GPU) and host syncs (``aten::_local_scalar_dense``)
+    of one eval forward, per model and size, from torch.profiler on the CPU."""
+    import torch
+
+    from pst_yolo.opcount import ops_and_syncs
+
+    res = {}
+    for label, m in models.items():
+        for size in args.sizes:
+            x = torch.rand(1, 3, size, size)
+            res[(label, size)] = with_strategy(labels_yaml[label][2], lambda m=m, x=x: ops_and_syncs(m, x))()
+    out = ["| model | " + " | ".join(f"ops {s}" for s in args.sizes) + " | ops vs stock | host syncs |",
+           "|---|" + "---:|" * (len(args.sizes) + 2)]
+    for label in models:
+        ops = [res[(label, s)][0] for s in args.sizes]
+        base = [res.get((stock_of(label), s), (None,))[0] for s in args.sizes]
+        ratio = " / ".join(fmt_ratio(o, b) for o, b in zip(ops, base)) if "-pst" in label else ""
+        out.append(f"| {label} | " + " | ".join(map(str, ops)) + f" | {ratio} | "
+                   f"{max(res[(label, s)][1] for s in args.sizes)} |")
     return "\n".join(out)
 
 
@@ -233,14 +315,15 @@ def memory(args, labels_yaml, onnx_paths, notes):
     env = {**os.environ, **MMAP_ENV}
     rows = []
     for size in args.sizes:
-        for label, (yaml, topk) in labels_yaml.items():
+        for label, (yaml, topk, strategy) in labels_yaml.items():
             res = {}
             jobs = [("torch", str(size))]
+            child_env = {**env, "PST_SCORES": strategy} if strategy else env
             if (label, size) in onnx_paths:
                 jobs.append(("onnx", onnx_paths[(label, size)]))
             for engine, what in jobs:
                 cmd = [sys.executable, __file__, "--threads", str(args.threads), "--mem-child", engine, yaml, str(topk), what]
-                p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                p = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
                 try:
                     res[engine] = json.loads(p.stdout.strip().splitlines()[-1])["peak_mib"]
                 except Exception:
@@ -278,7 +361,7 @@ def train_step(args, notes, size=320, batch=2):
         "cls": torch.randint(0, 80, (nb, 1), generator=g).float(),
         "bboxes": torch.rand(nb, 4, generator=g) * 0.4 + torch.tensor([0.3, 0.3, 0.0, 0.0]),
     }
-    for label, yaml, topk in MODELS:
+    for label, yaml, topk, _ in MODELS:
         if topk == 8:
             continue  # training is coarse-only whatever k is
         try:
@@ -384,6 +467,15 @@ def cuda_kernels(args, notes):
 
 
 # ------------------------------------------------------------------------------------------------------------ main
+def openvino_version():
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def stamp(args):
     import onnxruntime
     import torch
@@ -401,8 +493,9 @@ def stamp(args):
     return (
         f"device: {cpu}, {os.cpu_count()} logical cores, GPU: {gpu}; threads: {args.threads} (torch and onnxruntime)\n"
         f"versions: python {platform.python_version()}, torch {torch.__version__}, ultralytics {ultralytics.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}, pst-yolo {pst_yolo.__version__}; "
-        f"PST_ATTN={os.environ.get('PST_ATTN', '(unset: auto)')}\n"
+        f"onnxruntime {onnxruntime.__version__}, openvino {openvino_version()}, pst-yolo {pst_yolo.__version__}; "
+        f"PST_ATTN={os.environ.get('PST_ATTN', '(unset: auto)')}, PST_SCORES={os.environ.get('PST_SCORES', '(unset: auto)')}"
+        "\n"
         f"settings: sizes {args.sizes}, runs {args.runs} at <=640 px (scaled down by pixel count above), warm-up "
         f"{args.warmup}, batch 1, fp32, fused eval models, random weights"
     )
@@ -425,13 +518,16 @@ def main(argv=None):
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     os.chdir(args.workdir)
     notes, models, labels_yaml = [], {}, {}
-    for label, yaml, topk in MODELS:
+    for label, yaml, topk, strategy in MODELS:
         m, why = build(yaml, topk)
         if m is None:
             notes.append(f"skipped {label}: {why}")
             continue
-        models[label], labels_yaml[label] = m, (yaml, topk)
+        models[label], labels_yaml[label] = m, (yaml, topk, strategy)
     print("# pst-yolo benchmark\n\n```\n" + stamp(args) + "\n```\n")
+    if not args.no_ops:
+        print("## Ops and host syncs per eval forward (torch.profiler, CPU)\n\n" + op_counts(args, models, labels_yaml)
+              + "\n")
     rows, onnx_paths = latency(args, models, labels_yaml, notes)
     print("## Inference latency (median, batch 1, CPU)\n\n" + latency_table(rows) + "\n")
     if not args.no_memory:

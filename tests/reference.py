@@ -59,7 +59,7 @@ def psa_reference(attn, x, u, fine: bool):
             if fine and attn.topk > 0:
                 s = p.mean(dim=0)
                 kk = min(attn.topk, s.numel())
-                top = torch.topk(s, kk).indices.tolist()
+                top = sorted(range(s.numel()), key=lambda j: (-float(s[j].detach()), j))[:kk]  # ties: lower index first
                 positions = []
                 for j in top:
                     if s[j] <= attn.threshold:
@@ -77,10 +77,24 @@ def psa_reference(attn, x, u, fine: bool):
             out[bi, ch] = o.T
     out = out.reshape(b, c, h, w)
     pe = conv_bn(attn.pe, v_map)
-    rows = torch.arange(h) // 2
-    cols = torch.arange(w) // 2
-    pe = pe[:, :, rows][:, :, :, cols]  # each coarse cell covers its 2x2 block of the finer grid
+    if attn.cpe == "nearest":  # each coarse cell covers its 2x2 block of the finer grid
+        pe = pe[:, :, torch.arange(h) // 2][:, :, :, torch.arange(w) // 2]
+    else:  # bilinear, half-pixel centres (align_corners=False), as separable interpolation matrices
+        pe = torch.einsum("yi,bcij,xj->bcyx", bilinear_matrix(h, hu), pe, bilinear_matrix(w, wu))
     return conv_bn(attn.proj, out + pe)
+
+
+def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) float64 weights of 1-D linear interpolation with half-pixel centres, edges clamped."""
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for o in range(n_out):
+        src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        frac = src - i0
+        m[o, i0] += 1 - frac
+        m[o, i1] += frac
+    return m
 
 
 def pst_reference(pst, x, u, fine: bool):

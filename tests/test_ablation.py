@@ -11,6 +11,7 @@ import yaml
 import pst_yolo.attention as attention_mod
 from pst_yolo.linear_attention import linear_attention
 from pst_yolo.modules import PST, PyramidSparseAttention
+from pst_yolo.selection import select_fine_tokens
 from pst_yolo.switches import yaml_args
 from reference import randomize  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -34,9 +35,11 @@ def parts(m, x, u):
     """O_coarse (explicit softmax), O_fine (the module's own fine branch) and CPE, as (B, C, H, W) maps."""
     b, c, hh, ww = x.shape
     q, k, v = m._heads(m.q(x)), m._heads(m.k(u)), m._heads(m.v(u))
-    coarse = ((q @ k.transpose(-2, -1)) * m.scale).softmax(-1) @ v
-    fine = m.fine(x, q, k, u.shape[-1])
-    pe = torch.nn.functional.interpolate(m.pe(m.v(u)), scale_factor=2.0, mode="nearest")[..., :hh, :ww]
+    p = ((q @ k.transpose(-2, -1)) * m.scale).softmax(-1)
+    coarse = p @ v
+    index, valid = select_fine_tokens(p.mean(-2), m.topk, m.threshold, u.shape[-1], hh, ww)
+    fine = m.fine(x, q, index, valid)
+    pe = m._cpe(m.v(u), hh, ww)
     as_map = lambda t: t.transpose(-2, -1).reshape(b, c, hh, ww)  # noqa: E731
     return as_map(coarse), as_map(fine), pe
 
@@ -108,7 +111,7 @@ def test_linear_psa_uses_formula_and_has_no_fine_branch(caplog):
     with torch.no_grad():
         q, k, v = m._heads(m.q(x)), m._heads(m.k(u)), m._heads(m.v(u))
         o = linear_attention(q, k, v, "relu").transpose(-2, -1).reshape(b, c, h, w)
-        pe = torch.nn.functional.interpolate(m.pe(m.v(u)), scale_factor=2.0, mode="nearest")
+        pe = torch.nn.functional.interpolate(m.pe(m.v(u)), size=(h, w), mode="bilinear", align_corners=False)
     torch.testing.assert_close(out0, o + pe)
 
 

@@ -24,7 +24,8 @@ import torch  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 
 from pst_yolo.data import make_classification_dataset, make_detection_dataset  # noqa: E402
-from pst_yolo.export import TENSORRT_ONNX_OPS, tensorrt_problems, topk_values  # noqa: E402
+from pst_yolo import scoring  # noqa: E402
+from pst_yolo.export import TENSORRT_ONNX_OPS, attention_problems, tensorrt_problems, topk_values  # noqa: E402
 from pst_yolo.integration import find_cfg  # noqa: E402
 from pst_yolo.modules import PST, PyramidSparseAttention  # noqa: E402
 from pst_yolo.runtime import set_topk  # noqa: E402
@@ -134,10 +135,11 @@ def check_graph(path, k, n_attn, checker=True):
     """The exported graph carries the fine path iff k > 0, with constant K = k, and only TensorRT-parsable ops."""
     model = onnx.load(str(path))
     if checker:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model, full_check=True)
     ops = {n.op_type for n in model.graph.node}
     assert ops <= TENSORRT_ONNX_OPS, f"ops outside the TensorRT list: {sorted(ops - TENSORRT_ONNX_OPS)}"
     assert tensorrt_problems(model) == []
+    assert attention_problems(model) == []  # every PST attention is MatMul(Q*scale, K^T) -> Softmax -> MatMul(V)
     assert topk_values(model) == ([k] * n_attn if k else [])
     if k:
         assert "GatherElements" in ops  # fine K/V gathered at the selected 2x2 blocks
@@ -233,7 +235,7 @@ def test_model_zoo_exports(name, tmp_path, monkeypatch):
     set_topk(model, 8)
     net_attn = sum(isinstance(m, PyramidSparseAttention) for m in model.model.modules())
     f = Path(model.export(format="onnx", imgsz=64, dynamic=True, simplify=True, device="cpu"))
-    check_graph(f, 8, net_attn)
+    check_graph(f, 8, net_attn)  # includes the TensorRT attention-pattern check
     x = np.random.default_rng(0).random((3, 3, 96, 96), dtype=np.float32)
     net = model.model.float().fuse().eval()  # export fused a deepcopy; fuse here for the same arithmetic
     with torch.no_grad():
@@ -316,14 +318,100 @@ def test_half_on_cpu_is_fp32_in_ultralytics(det):
 
 @pytest.mark.slow
 def test_half_onnx_export_on_cpu(det, work):
-    """``half=True`` ONNX export on CPU (Ultralytics converts the graph to FP16, I/O kept FP32): PST stays finite and
-    close to FP32, and the TopK K stays a constant."""
+    """``half=True`` ONNX export on CPU (Ultralytics converts the graph to FP16, I/O kept FP32): the file passes
+    onnx.checker (pst-yolo's export callback restores topological order), the selection scores and the top-k run in
+    float32 with int64 indices, the output is finite and close to FP32, and the TopK K stays a constant."""
+    from onnx import TensorProto, shape_inference
+
+    from pst_yolo.export import fix_fp16_onnx
+
     ckpt, _, val_dir = det
     f = export(ckpt, work / "half", 8, imgsz=IMGSZ, half=True)
-    # onnxruntime's float16 converter appends its input Casts at the end of the node list, which onnx.checker flags
-    # as unsorted (onnxruntime itself sorts); that is Ultralytics' FP16 pass, not PST, so skip the checker here.
-    check_graph(f, 8, n_attention(ckpt), checker=False)
+    check_graph(f, 8, n_attention(ckpt))
+    model = shape_inference.infer_shapes(onnx.load(str(f)))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
+    assert any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)  # really an FP16 model
+    sums = [n for n in model.graph.node if n.op_type == "ReduceSum"]
+    topks = [n for n in model.graph.node if n.op_type == "TopK"]
+    assert sums and all(types[n.output[0]] == TensorProto.FLOAT for n in sums)
+    assert all(types[n.output[0]] == TensorProto.FLOAT and types[n.output[1]] == TensorProto.INT64 for n in topks)
+    greater = [n for n in model.graph.node if n.op_type == "Greater"]
+    assert greater and all(types.get(n.input[0]) == TensorProto.FLOAT for n in greater)  # threshold on fp32 scores
+    assert fix_fp16_onnx(f) == {"scores_fp32": 0, "reordered": False}  # idempotent
     x = images(val_dir, 1, IMGSZ)
     got = run_onnx(f, x)
     assert np.isfinite(got).all()
     assert max_diff(got, torch_reference(ckpt, 8, x), "det", IMGSZ) < 1e-2
+
+
+# ------------------------------------------------------------------------------------ static (chunked) exports
+def _softmax_count(path):
+    return sum(n.op_type == "Softmax" for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.slow
+def test_static_export_unrolls_chunks_and_matches_dynamic_and_pytorch(det, work, monkeypatch):
+    """dynamic=False traces the coarse attention in query chunks (bounded memory in onnxruntime); the chunked graph
+    gives the unchunked (dynamic) graph's and PyTorch's output. A small EXPORT_BUDGET forces several chunks at 160 px
+    (the default gives one chunk per level up to ~400 px)."""
+    ckpt, _, val_dir = det
+    monkeypatch.setattr(scoring, "EXPORT_BUDGET", 2000)
+    static = export(ckpt, work / "static", 8, imgsz=160, dynamic=False)
+    dynamic = export(ckpt, work / "dynamic", 8, imgsz=160, dynamic=True)
+    assert _softmax_count(static) > _softmax_count(dynamic) + 10  # the unrolled chunks are in the graph
+    check_graph(static, 8, n_attention(ckpt))
+    x = images(val_dir, 1, 160)
+    got_s, got_d, want = run_onnx(static, x), run_onnx(dynamic, x), torch_reference(ckpt, 8, x)
+    assert max_diff(got_s, got_d, "det", 160) < 1e-5
+    assert max_diff(got_s, want, "det", 160) < ATOL
+    assert not scoring._STATIC_EXPORT[0]  # the export callback switched chunked tracing off again
+
+
+def test_ties_break_the_same_way_in_pytorch_and_onnxruntime(tmp_path):
+    """A constant input (blank image, padding) makes every coarse score equal: PyTorch and ONNX TopK must refine the
+    same (lowest-index) regions."""
+    from pst_yolo.selection import select_fine_tokens
+
+    class Select(torch.nn.Module):
+        def __init__(self, attn):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x, u):
+            q, k = self.attn._heads(self.attn.q(x)), self.attn._heads(self.attn.k(u))
+            s = scoring.coarse_attention(q, k, k, self.attn.scale)[1]
+            return select_fine_tokens(s, 5, 1e-6, u.shape[-1], x.shape[-2], x.shape[-1])[0]
+
+    m = Select(PyramidSparseAttention(64)).eval()
+    x, u = torch.full((1, 64, 10, 12), 0.5), torch.full((1, 64, 5, 6), 0.5)
+    with torch.no_grad():
+        want = m(x, u).numpy()
+    f = tmp_path / "select.onnx"
+    torch.onnx.export(m, (x, u), str(f), opset_version=18, dynamo=False, input_names=["x", "u"])
+    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": x.numpy(), "u": u.numpy()})[0]
+    assert np.array_equal(got, want)
+    assert np.array_equal(want[0, 0, ::4] // 2, [0, 1, 2, 3, 4])  # keys 0..4: the first coarse row
+
+
+# ---------------------------------------------------------------------------------------------------------- OpenVINO
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [0, 8])
+def test_openvino_export_matches_pytorch(det, work, k):
+    """``yolo export format=openvino`` (static, f32 inference) with fine attention on and off: the OpenVINO CPU output
+    equals the fused PyTorch eval model on real demo images."""
+    ov = pytest.importorskip("openvino")
+    ckpt, _, val_dir = det
+    case = work / f"openvino-k{k}"
+    case.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ckpt, case / "best.pt")
+    model = YOLO(str(case / "best.pt"))
+    set_topk(model, k)
+    folder = Path(model.export(format="openvino", imgsz=IMGSZ, device="cpu"))
+    core = ov.Core()
+    core.set_property("CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(next(folder.glob("*.xml")), "CPU")
+    x = images(val_dir, 1, IMGSZ)
+    got = compiled(x)[compiled.output(0)]
+    err = max_diff(got, torch_reference(ckpt, k, x), "det", IMGSZ)
+    assert err < ATOL, f"OpenVINO k={k}: {err:.2e}"

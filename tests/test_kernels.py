@@ -61,10 +61,32 @@ def _fake_flash(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
     return A.reference_attention(*t, scale=softmax_scale).transpose(1, 2)
 
 
-def _fake_sage(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None):
-    """sageattn's documented contract (HND layout, default scale 1/sqrt(padded head dim)), reference math."""
-    assert tensor_layout == "HND" and not is_causal and q.shape[-1] in (64, 96, 128)
+def _fake_sage(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, smooth_k=True):
+    """sageattn 1.0.6's contract: HND layout, head dims 64/96/128 only, default scale 1/sqrt(padded head dim), and
+    smooth_k subtracting the key mean from its *input* in place (softmax is invariant to it); reference math."""
+    assert tensor_layout == "HND" and not is_causal and q.shape[-1] in (64, 96, 128), q.shape
+    if smooth_k:
+        k -= k.mean(dim=-2, keepdim=True)
     return A.reference_attention(q, k, v, scale=q.shape[-1] ** -0.5 if sm_scale is None else sm_scale)
+
+
+@pytest.mark.parametrize("d", [32, 64, 80, 96, 128])
+def test_sage_adapter_pads_to_its_head_dims_and_never_mutates_inputs(d, monkeypatch):
+    monkeypatch.setitem(A._IMPORTS, ("sageattention", "sageattn"), (_fake_sage, None))
+    q, k, v = _qkv(n=30, m=9, d=d)
+    before = [t.clone() for t in (q, k, v)]
+    out = A.sage_attention(q, k, v, scale=0.1)
+    torch.testing.assert_close(out, A.reference_attention(*before, scale=0.1), rtol=1e-5, atol=1e-6)
+    assert out.shape == q.shape
+    for t, t0 in zip((q, k, v), before):
+        assert torch.equal(t, t0)  # the in-place smooth_k worked on the adapter's own copy
+
+
+def test_sage_refuses_head_dims_above_128(monkeypatch):
+    monkeypatch.setitem(A._IMPORTS, ("sageattention", "sageattn"), (_fake_sage, None))
+    with pytest.raises(ValueError, match="head dims up to 128"):
+        A.sage_attention(*_qkv(d=160))
+    assert "head dim 160" in A._sage_supports(_cuda_like(d=160), None, None, None)
 
 
 def test_adapters_layout_padding_and_scale(monkeypatch):
@@ -132,7 +154,7 @@ def test_auto_selection(monkeypatch):
     assert A.choose_kernel(q, k, v) == "sdpa"  # shape unsupported; sage is never auto (int8 QK^T)
     monkeypatch.setattr(A, "in_export", lambda: True)
     _pretend_gpu_kernels(monkeypatch)
-    assert A.choose_kernel(q, k, v) == "sdpa"  # exporting: only plain ops
+    assert A.choose_kernel(q, k, v) == "reference"  # exporting: the explicit MatMul -> Softmax -> MatMul form
 
 
 def test_explicit_kernel_falls_back_once_with_reason(monkeypatch, caplog):

@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis): PyramidSparseAttention against the explicit reference in tests/reference.py over
-random batch sizes, channels, map sizes (1x1, odd, non-square), k, thresholds, dtypes, kernels and memory layouts.
+random batch sizes, channels, map sizes (1x1, odd, non-square), k, thresholds, dtypes, kernels, score strategies and
+memory layouts.
 
 Ties in the top-k scores would make the selection ambiguous; random inputs and random BN statistics make them
 measure-zero, and the comparison runs the model in float64 where the dtype is float64.
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ultralytics.nn.tasks  # noqa: F401
+from pst_yolo import scoring
 from pst_yolo.modules import PST, PyramidSparseAttention
 
 from reference import psa_reference  # noqa: E402  (tests/ is on sys.path under pytest's rootdir-relative import)
@@ -53,9 +55,10 @@ def _layout(t, layout):
     dtype=st.sampled_from([torch.float64, torch.float32]),
     backend=st.sampled_from(["sdpa", "reference"]),
     layout=st.sampled_from(["contiguous", "channels_last", "non_contiguous"]),
+    strategy=st.sampled_from(["chunked", "lse", "reference"]),
     seed=st.integers(0, 2**16),
 )
-def test_psa_matches_reference(b, heads, h, w, topk, threshold, dtype, backend, layout, seed):
+def test_psa_matches_reference(b, heads, h, w, topk, threshold, dtype, backend, layout, strategy, seed):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     c = 32 * heads
@@ -66,8 +69,13 @@ def test_psa_matches_reference(b, heads, h, w, topk, threshold, dtype, backend, 
     x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
     u = torch.randn(b, c, (h + 1) // 2, (w + 1) // 2, generator=g, dtype=torch.float64)
     xi, ui = _layout(x.to(dtype), layout), _layout(u.to(dtype), layout)
+    scoring.set_strategy(strategy)  # every score strategy (pst_yolo.scoring) must select exactly what eq. 3 selects
+    try:
+        with torch.no_grad():
+            got = attn(xi, ui)
+    finally:
+        scoring.set_strategy(None)
     with torch.no_grad():
-        got = attn(xi, ui)
         want = psa_reference(attn, xi, ui, fine=True)
         coarse = psa_reference(attn, xi, ui, fine=False)
     assert got.shape == (b, c, h, w) and got.dtype == dtype

@@ -28,7 +28,7 @@ TABLE5 = {
     "pst-cls.yaml": dict(
         epochs=200, optimizer="SGD", momentum=0.9, batch=256, weight_decay=1e-4, warmup_epochs=0.0, lr0=0.2,
         lrf=2e-3 / 0.2, cos_lr=False, amp=True, hsv_s=0.4, hsv_v=0.4, hsv_h=0.015, translate=0.1, scale=0.5,
-        mixup=0.0, copy_paste=0.0,
+        mixup=0.0, copy_paste=0.0, auto_augment=None, erasing=0.0,
     ),
 }
 
@@ -55,9 +55,46 @@ def test_recipe_found_by_name_and_exact(name):
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     assert set(cfg) <= set(DEFAULT_CFG_DICT), f"{name}: unknown keys {set(cfg) - set(DEFAULT_CFG_DICT)}"
-    # Table 5's weight decay must be what the optimizer gets, at the table's global batch and at small batches
-    for batch in (256, 64, 16):
+    # Table 5's weight decay is what the optimizer gets at the table's global batch and at batches dividing 256; other
+    # batches round (docs/model_zoo.md lists them)
+    for batch in (256, 128, 64, 32, 16, 8):
         assert effective_weight_decay(cfg, batch) == pytest.approx(TABLE5[name]["weight_decay"]), (name, batch)
+    assert effective_weight_decay(cfg, 48) != pytest.approx(TABLE5[name]["weight_decay"])
+
+
+def test_cls_recipe_builds_table5_transforms(tmp_path):
+    """Ultralytics' classification trainer, given cfg=pst-cls.yaml, builds Table 5's colour jitter (hsv_v -> brightness
+    and contrast, hsv_s -> saturation, hsv_h -> hue) and neither RandAugment nor RandomErasing, which its own defaults
+    would add (and which replace the colour jitter)."""
+    import torchvision.transforms as T
+    from ultralytics.cfg import get_cfg
+    from ultralytics.models.yolo.classify import ClassificationTrainer
+    from ultralytics.utils.checks import check_yaml
+
+    from pst_yolo.data import make_classification_dataset
+
+    integration.register()
+    data = make_classification_dataset(tmp_path / "cls", n_train=2, n_val=1, imgsz=32)
+    recipe = yaml.safe_load(Path(check_yaml("pst-cls.yaml")).read_text())
+
+    def transforms(overrides):
+        args = get_cfg(overrides={**recipe, "model": "yolo11n-cls-pst.yaml", "data": str(data), "imgsz": 32,
+                                  "batch": 2, "workers": 0, "device": "cpu", "project": str(tmp_path), **overrides})
+        trainer = ClassificationTrainer(overrides=vars(args))
+        return trainer.build_dataset(str(data / "train"), mode="train").torch_transforms.transforms
+
+    built = transforms({})
+    jitter = [t for t in built if isinstance(t, T.ColorJitter)]
+    assert len(jitter) == 1, built
+    assert jitter[0].brightness == pytest.approx((0.6, 1.4)) and jitter[0].contrast == pytest.approx((0.6, 1.4))
+    assert jitter[0].saturation == pytest.approx((0.6, 1.4)) and jitter[0].hue == pytest.approx((-0.015, 0.015))
+    assert not any(isinstance(t, T.RandAugment) for t in built), built
+    assert all(t.p == 0 for t in built if isinstance(t, T.RandomErasing)), built  # Ultralytics keeps it at p = 0
+    # Ultralytics' own defaults (what a recipe without these two keys would train with): RandAugment, erasing 0.4
+    stock = transforms({"auto_augment": "randaugment", "erasing": 0.4})
+    assert any(isinstance(t, T.RandAugment) for t in stock)
+    assert any(isinstance(t, T.RandomErasing) and t.p == 0.4 for t in stock)
+    assert not any(isinstance(t, T.ColorJitter) for t in stock)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,289 @@
+"""Side-by-side training of several models with identical settings and seeds, through the stock ``yolo`` command.
+
+Every model is trained by ``yolo train`` in its own process (as a user would run it), with the same data, epochs,
+image size, batch, seeds and extra arguments; PST models are then validated with fine attention off and on (each k of
+``ks``), other models once. The result is a Markdown table (mean, spread and per-seed values, ratio to the baseline)
+and a PNG of the learning curves (validation metric per epoch, one line per model: mean over seeds, band = min..max).
+
+    python scripts/compare.py yolo11n.yaml yolo11n-pst.yaml yolo12n.yaml --epochs 25 --seeds 0 1
+
+The per-epoch curve is what the trainer validated after each epoch (the EMA model in eval mode, so a PST model runs
+with its own k there); the table's figures come from validating the final weights again with each k.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# results.csv columns of the metric the curves show, per task
+CURVE_COLUMN = {"detect": "metrics/mAP50-95(B)", "classify": "metrics/accuracy_top1"}
+METRIC_NAMES = {"detect": ("mAP50-95", "mAP50"), "classify": ("top-1", "top-5")}
+# One fixed colour per model, in order (matplotlib's tab10), so a picture can be checked line by line.
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+@dataclass
+class Run:
+    """One training run of one model with one seed."""
+
+    label: str
+    model: str
+    seed: int
+    dir: Path
+    curve: list = field(default_factory=list)
+    # k -> (metric 1, metric 2); k = None for a model without PST layers
+    metrics: dict = field(default_factory=dict)
+
+
+def label_of(model: str) -> str:
+    """Short name of a model argument: the file stem of a YAML/weights path or name."""
+    return Path(str(model)).stem
+
+
+def yolo_command() -> list[str]:
+    """The stock ``yolo`` entry point of this interpreter's environment."""
+    exe = Path(sys.executable).parent / "yolo"
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("yolo")
+    if found is None:
+        raise RuntimeError("pst-yolo: the `yolo` command is not on PATH; install the project first (pip install -e .)")
+    return [found]
+
+
+def train_command(model, data, seed, settings: dict, project: Path, name: str) -> list[str]:
+    """``yolo train`` with the comparison's shared settings; later keys of ``settings`` override earlier ones."""
+    args = {"model": model, "data": data, "seed": seed, "deterministic": True, "workers": 0, "plots": False,
+            **settings, "project": str(project), "name": name, "exist_ok": True}
+    return [*yolo_command(), "train", *(f"{k}={v}" for k, v in args.items())]
+
+
+def read_curve(results_csv: Path, task: str) -> list[float]:
+    """The validation metric after each epoch, from Ultralytics' results.csv."""
+    column = CURVE_COLUMN[task]
+    with open(results_csv, newline="") as f:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+    if rows and column not in rows[0]:
+        raise ValueError(f"pst-yolo: {results_csv} has no column {column!r} (columns: {list(rows[0])})")
+    return [float(r[column]) for r in rows]
+
+
+def _finished(run_dir: Path, epochs: int, command: list[str]) -> bool:
+    """A run folder that already holds this exact command's finished training (reused with ``reuse=True``)."""
+    stamp = run_dir / "pst_compare_cmd.json"
+    results = run_dir / "results.csv"
+    if not (stamp.is_file() and results.is_file() and (run_dir / "weights" / "last.pt").is_file()):
+        return False
+    with open(results) as f:
+        done = max(0, sum(1 for _ in f) - 1)
+    return json.loads(stamp.read_text()) == command[1:] and done >= epochs
+
+
+def train(run: Run, data, settings: dict, project: Path, threads: int, reuse: bool) -> Path:
+    """Train one run in a fresh ``yolo`` process; its log goes to ``<run dir>.log``. Returns the run folder."""
+    command = train_command(run.model, data, run.seed, settings, project, run.dir.name)
+    if reuse and _finished(run.dir, int(settings["epochs"]), command):
+        return run.dir
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
+    log = project / f"{run.dir.name}.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=project)
+    if proc.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"pst-yolo: training {run.label} (seed {run.seed}) failed with exit {proc.returncode}; "
+                           f"log {log}:\n{tail}")
+    (run.dir / "pst_compare_cmd.json").write_text(json.dumps(command[1:]))
+    return run.dir
+
+
+def has_pst(net) -> bool:
+    from pst_yolo.modules import PyramidSparseAttention
+
+    return any(isinstance(m, PyramidSparseAttention) for m in net.modules())
+
+
+def validate(weights: Path, data, k: int | None, imgsz: int, batch: int, device: str, task: str):
+    """(metric 1, metric 2) of ``weights`` with fine attention at ``k`` (None: a model without PST)."""
+    from ultralytics import YOLO
+
+    from pst_yolo.runtime import set_topk
+
+    model = YOLO(str(weights))
+    if k is not None:
+        set_topk(model, k)
+    r = model.val(data=str(data), imgsz=imgsz, batch=batch, device=device, workers=0, plots=False, verbose=False,
+                  save_json=False, project=str(weights.parent.parent / "val"), name=f"k{k}", exist_ok=True)
+    if task == "classify":
+        return float(r.top1), float(r.top5)
+    return float(r.box.map), float(r.box.map50)
+
+
+def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0, 8), out="runs/compare", jobs=1,
+            device="cpu", weights="last", reuse=False, val_data=None, **train_args) -> dict:
+    """Train ``models`` with identical settings for every seed, validate, write table.md, curves.png, results.json.
+
+    Args:
+        models (list[str]): Model YAML names or paths (or .pt files to fine-tune), e.g. ``["yolo11n.yaml",
+            "yolo11n-pst.yaml"]``. The first model without PST layers is the baseline of the ratio column.
+        data (str | Path | None): Data YAML (detection) or folder (classification); None = the built-in detection
+            demo data at ``imgsz`` (256 train / 48 val images, like the main job).
+        epochs, imgsz, batch, device: Training settings shared by every run (validation uses the same imgsz/batch).
+        seeds (tuple[int]): One run per model and seed (``seed=s deterministic=True``).
+        ks (tuple[int]): Fine-attention settings validated for PST models (0 = coarse only).
+        out (str | Path): Output folder.
+        jobs (int): Trainings run at the same time (each gets ``cpu_count // jobs`` threads).
+        weights (str): ``"last"`` (the final weights: equal budget, no selection on the validation set) or ``"best"``.
+        reuse (bool): Keep a run whose folder already holds the same finished command.
+        val_data (str | Path | None): Evaluate the final weights on this data YAML's val split instead of ``data``'s
+            (a larger held-out set); the per-epoch curves stay those of ``data``.
+        **train_args: Further ``yolo train`` arguments for every run (e.g. ``close_mosaic=5``, ``pretrained=...``).
+
+    Returns:
+        (dict): ``settings``, ``task``, ``baseline`` and ``runs`` (one dict per run with its curve and metrics).
+    """
+    from ultralytics import YOLO
+
+    if weights not in ("last", "best"):
+        raise ValueError(f"pst-yolo: weights must be 'last' or 'best', got {weights!r}")
+    # runs start in their own folder: a relative path to a model file must not depend on it
+    models = [str(Path(m).resolve()) if Path(m).is_file() else str(m) for m in models]
+    labels = [label_of(m) for m in models]
+    if not models or len(set(labels)) != len(labels):
+        raise ValueError(f"pst-yolo: compare needs distinct models, got {models}")
+    seeds = [int(s) for s in seeds]
+    ks = sorted({int(k) for k in ks})
+    out = Path(out).resolve()
+    project = out / "runs"
+    project.mkdir(parents=True, exist_ok=True)
+    task = YOLO(models[0]).task
+    if data is None:
+        if task != "detect":
+            raise ValueError("pst-yolo: built-in comparison data is detection only; pass data= for other tasks")
+        from pst_yolo.data import make_detection_dataset
+
+        data = make_detection_dataset(out / "data", n_train=256, n_val=48, imgsz=imgsz)
+    settings = {"epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, **train_args}
+    runs = [Run(lab, m, s, project / f"{lab}-s{s}") for s in seeds for m, lab in zip(models, labels)]
+    jobs = max(1, min(int(jobs), len(runs)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ThreadPoolExecutor(jobs) as pool:  # the work happens in subprocesses; threads only wait for them
+        list(pool.map(lambda r: train(r, data, settings, project, threads, reuse), runs))
+    for run in runs:
+        run.curve = read_curve(run.dir / "results.csv", task)
+        w = run.dir / "weights" / f"{weights}.pt"
+        pst = has_pst(YOLO(str(w)).model)
+        for k in ks if pst else [None]:
+            run.metrics[k] = validate(w, val_data or data, k, imgsz, batch, device, task)
+    baseline = next((lab for lab, r in zip(labels, runs) if None in r.metrics), None)
+    result = {
+        "settings": {**settings, "data": str(data), "val_data": str(val_data or data), "seeds": seeds, "ks": ks,
+                     "weights": weights},
+        "task": task,
+        "models": labels,
+        "baseline": baseline,
+        "runs": [{**asdict(r), "dir": str(r.dir), "metrics": {str(k): v for k, v in r.metrics.items()}} for r in runs],
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "table.md").write_text(markdown_table(result))
+    plot_curves(result, out / "curves.png")
+    return result
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """One row per (model, k): mean/std/per-seed of both metrics, in model order, k ascending."""
+    rows = []
+    for label in result["models"]:
+        runs = [r for r in result["runs"] if r["label"] == label]
+        for k in runs[0]["metrics"]:
+            m1 = [r["metrics"][k][0] for r in runs]
+            m2 = [r["metrics"][k][1] for r in runs]
+            rows.append({"model": label, "k": None if k == "None" else int(k), "m1": m1, "m2": m2,
+                         "seeds": [r["seed"] for r in runs]})
+    return rows
+
+
+def markdown_table(result: dict) -> str:
+    """The comparison as Markdown: mean +- std over seeds, the per-seed values, and the ratio to the baseline."""
+    n1, n2 = METRIC_NAMES[result["task"]]
+    rows = summary_rows(result)
+    base = next((r for r in rows if r["model"] == result["baseline"]), None)
+    base_mean = statistics.fmean(base["m1"]) if base else None
+    s = result["settings"]
+    lines = [
+        f"| model | fine attention | {n1} (mean ± std) | {n2} (mean ± std) | {n1} per seed | "
+        f"vs {result['baseline'] or 'baseline'} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m1, sd1 = _stats(r["m1"])
+        m2, sd2 = _stats(r["m2"])
+        fine = "-" if r["k"] is None else ("off (k=0)" if r["k"] == 0 else f"on (k={r['k']})")
+        ratio = f"{m1 / base_mean:.2f}" if base_mean else "-"
+        per_seed = ", ".join(f"{v:.4f}" for v in r["m1"])
+        lines.append(f"| {r['model']} | {fine} | {m1:.4f} ± {sd1:.4f} | {m2:.4f} ± {sd2:.4f} | {per_seed} | {ratio} |")
+    shown = ("epochs", "imgsz", "batch", "device", "data", "val_data", "seeds", "ks", "weights")
+    extra = {k: v for k, v in s.items() if k not in shown} or "none"
+    held_out = f", evaluated on {s['val_data']}" if s.get("val_data", s["data"]) != s["data"] else ""
+    lines += ["", f"{s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}, device {s['device']}, seeds "
+                  f"{s['seeds']}, {s['weights']}.pt weights, data {s['data']}{held_out}; extra train args: {extra}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(result: dict, path: Path) -> dict:
+    """Learning curves (validation metric per epoch): per model the mean over seeds and a min..max band.
+
+    Returns:
+        (dict): model label -> the colour (hex) its line was drawn with.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    colors = {}
+    for i, label in enumerate(result["models"]):
+        curves = [r["curve"] for r in result["runs"] if r["label"] == label]
+        n = min(len(c) for c in curves)
+        a = np.array([c[:n] for c in curves])
+        x = np.arange(1, n + 1)
+        colors[label] = COLORS[i % len(COLORS)]
+        ax.plot(x, a.mean(0), color=colors[label], lw=2, label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        if len(curves) > 1:
+            ax.fill_between(x, a.min(0), a.max(0), color=colors[label], alpha=0.2, lw=0)
+    s = result["settings"]
+    ax.set(xlabel="epoch", ylabel=f"val {METRIC_NAMES[result['task']][0]}",
+           title=f"{s['epochs']} epochs, imgsz {s['imgsz']}, seeds {s['seeds']}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return colors
+
+
+def parse_train_args(items) -> dict:
+    """``key=value`` strings (as on the ``yolo`` command line) to a dict; values stay strings."""
+    out = {}
+    for item in items or []:
+        if not re.fullmatch(r"[A-Za-z_]\w*=.*", item):
+            raise ValueError(f"pst-yolo: extra training argument must be key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out

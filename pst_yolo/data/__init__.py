@@ -1,0 +1,44 @@
+"""Built-in demo data, generated locally and deterministically (no downloads), in the formats Ultralytics reads.
+
+- ``detect``: coloured circles, squares and triangles of widely varying size on textured backgrounds (P3/P4/P5).
+- ``classify``: one centred shape per image, same three classes (ImageFolder).
+- ``segment``, ``pose``, ``obb``: the shapes with polygons, rotated squares with corner keypoints, rotated rectangles
+  and ellipses with oriented boxes (``pst_yolo.data.shapes``).
+- ``clutter``: a second detection set unlike the shapes: glyphs on cluttered, occluded scenes (``pst_yolo.data.clutter``).
+
+Usage:
+    python -m pst_yolo.data --out demo_data          # writes demo_data/<kind>/ for every kind above
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pst_yolo.data.clutter import GLYPHS, make_clutter_dataset
+from pst_yolo.data.shapes import (
+    CLASSES,
+    make_classification_dataset,
+    make_detection_dataset,
+    make_obb_dataset,
+    make_pose_dataset,
+    make_segmentation_dataset,
+)
+
+__all__ = [
+    "CLASSES", "GLYPHS", "MAKERS", "make_classification_dataset", "make_clutter_dataset", "make_demo_data",
+    "make_detection_dataset", "make_obb_dataset", "make_pose_dataset", "make_segmentation_dataset",
+]
+# task -> generator of its demo data set (the data YAML, or the ImageFolder root for classification)
+MAKERS = {
+    "detect": make_detection_dataset,
+    "classify": make_classification_dataset,
+    "segment": make_segmentation_dataset,
+    "pose": make_pose_dataset,
+    "obb": make_obb_dataset,
+    "clutter": make_clutter_dataset,
+}
+
+
+def make_demo_data(out="demo_data", seed=0) -> dict:
+    """Every demo data set under ``out``; returns ``{kind: data.yaml (or the classification folder)}``."""
+    return {kind: make(Path(out) / kind, seed=seed) for kind, make in MAKERS.items()}

@@ -1,0 +1,72 @@
+"""The side-by-side comparison tool (pst_yolo.compare, scripts/compare.py): real trainings through the stock `yolo`
+command, a Markdown table with the stock baseline, and a learning-curve PNG with one line per model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_compare_trains_two_models_and_writes_table_and_curves(tmp_path):
+    import cv2
+
+    from pst_yolo.compare import COLORS
+    from pst_yolo.data import make_detection_dataset
+
+    data = make_detection_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64)
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, str(REPO / "scripts" / "compare.py"), "yolo11n.yaml", "yolo11n-pst.yaml", "--data", str(data),
+           "--epochs", "1", "--imgsz", "64", "--batch", "4", "--seeds", "0", "--k", "0", "8", "--jobs", "2",
+           "--out", str(out), "--train", "mosaic=0"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+
+    result = json.loads((out / "results.json").read_text())
+    assert result["baseline"] == "yolo11n" and result["models"] == ["yolo11n", "yolo11n-pst"]
+    runs = {r["label"]: r for r in result["runs"]}
+    assert set(runs["yolo11n"]["metrics"]) == {"None"} and set(runs["yolo11n-pst"]["metrics"]) == {"0", "8"}
+    for r in runs.values():
+        assert len(r["curve"]) == 1  # one value per epoch, from the run's results.csv
+        args = (Path(r["dir"]) / "args.yaml").read_text()
+        assert "epochs: 1" in args and "imgsz: 64" in args and "seed: 0" in args and "mosaic: 0" in args
+
+    table = (out / "table.md").read_text()
+    assert table in p.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| yolo11n")]
+    assert [r.split("|")[1:3] for r in rows] == [[" yolo11n ", " - "], [" yolo11n-pst ", " off (k=0) "],
+                                                 [" yolo11n-pst ", " on (k=8) "]]
+
+    img = cv2.imread(str(out / "curves.png"))  # a valid PNG with one line per model, each in its own colour
+    assert img is not None and img.shape[0] > 200 and img.shape[1] > 300
+    for hex_color in COLORS[:2]:
+        bgr = np.array([int(hex_color[i : i + 2], 16) for i in (5, 3, 1)])
+        assert (np.abs(img.astype(int) - bgr).sum(-1) < 30).sum() > 20, hex_color
+    assert (np.abs(img.astype(int) - np.array([int(COLORS[2][i : i + 2], 16) for i in (5, 3, 1)])).sum(-1) < 30).sum() < 5
+
+
+def test_table_reports_mean_std_and_ratio_to_baseline():
+    from pst_yolo.compare import markdown_table
+
+    result = {
+        "task": "detect", "models": ["stock", "pst"], "baseline": "stock",
+        "settings": {"epochs": 3, "imgsz": 64, "batch": 4, "device": "cpu", "data": "d.yaml", "seeds": [0, 1],
+                     "ks": [0, 8], "weights": "last"},
+        "runs": [
+            {"label": "stock", "seed": 0, "metrics": {"None": [0.20, 0.40]}},
+            {"label": "pst", "seed": 0, "metrics": {"0": [0.21, 0.41], "8": [0.22, 0.42]}},
+            {"label": "stock", "seed": 1, "metrics": {"None": [0.30, 0.50]}},
+            {"label": "pst", "seed": 1, "metrics": {"0": [0.29, 0.49], "8": [0.28, 0.48]}},
+        ],
+    }
+    table = markdown_table(result)
+    assert "| stock | - | 0.2500 ± 0.0707 | 0.4500 ± 0.0707 | 0.2000, 0.3000 | 1.00 |" in table
+    assert "| pst | on (k=8) | 0.2500 ± 0.0424 | 0.4500 ± 0.0424 | 0.2200, 0.2800 | 1.00 |" in table
+    assert "seeds [0, 1]" in table
