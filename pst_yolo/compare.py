@@ -25,9 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# results.csv columns of the metric the curves show, per task
-CURVE_COLUMN = {"detect": "metrics/mAP50-95(B)", "classify": "metrics/accuracy_top1"}
-METRIC_NAMES = {"detect": ("mAP50-95", "mAP50"), "classify": ("top-1", "top-5")}
+# results.csv columns of the metric the curves show, per task (masks for segmentation, keypoints for pose)
+CURVE_COLUMN = {"detect": "metrics/mAP50-95(B)", "obb": "metrics/mAP50-95(B)", "segment": "metrics/mAP50-95(M)",
+                "pose": "metrics/mAP50-95(P)", "classify": "metrics/accuracy_top1"}
+METRIC_NAMES = {"detect": ("mAP50-95", "mAP50"), "obb": ("mAP50-95", "mAP50"), "classify": ("top-1", "top-5"),
+                "segment": ("mask mAP50-95", "mask mAP50"), "pose": ("pose mAP50-95", "pose mAP50")}
 # One fixed colour per model, in order (matplotlib's tab10), so a picture can be checked line by line.
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -125,7 +127,8 @@ def validate(weights: Path, data, k: int | None, imgsz: int, batch: int, device:
                   save_json=False, project=str(weights.parent.parent / "val"), name=f"k{k}", exist_ok=True)
     if task == "classify":
         return float(r.top1), float(r.top5)
-    return float(r.box.map), float(r.box.map50)
+    metric = r.seg if task == "segment" else r.pose if task == "pose" else r.box  # masks / keypoints / boxes
+    return float(metric.map), float(metric.map50)
 
 
 def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0, 8), out="runs/compare", jobs=1,

@@ -2,7 +2,8 @@
 
 ``AttentionRecorder`` puts forward hooks on the PST layers only while it is open, so the normal forward path pays
 nothing. From each PSA call's inputs it recomputes the coarse score ``s`` (SPEC eq. 3) and the top-k selection with
-the same ``pst_yolo.selection`` functions the module uses, so it does not depend on how ``fine()`` is implemented.
+the same ``pst_yolo.scoring`` / ``pst_yolo.selection`` functions the module uses, so it does not depend on how
+``fine()`` is implemented.
 Drawing uses OpenCV only (Hershey fonts built in): nothing is downloaded, unlike Ultralytics' plotting (Arial.ttf).
 
 Each output PNG holds, per image: the input with detections (or top-5 classes), a feature heat map of every PST layer's

@@ -83,7 +83,7 @@ def main(argv=None):
     from pst_yolo.data import make_detection_dataset
 
     data = make_detection_dataset(out / "data", n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz)
-    models = [args.model] + ([args.stock] if args.stock else [])
+    models = ([args.stock] if args.stock else []) + [args.model]  # the stock row first, the PST rows under it
     # The Ultralytics defaults a user would run, with a short warm-up and mosaic off for the last 5 of 25 epochs.
     result = compare(models, data, args.epochs, args.imgsz, args.batch, seeds=(args.seed,), ks=args.k, out=out,
                      jobs=len(models), weights="last", warmup_epochs=1, close_mosaic=5)
