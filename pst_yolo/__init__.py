@@ -3,7 +3,7 @@
 Importing this package is cheap (no torch, no Ultralytics): the names below load on first use.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "PST": "pst_yolo.modules",

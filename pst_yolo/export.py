@@ -188,20 +188,41 @@ def topological_sort(graph) -> bool:
     return moved
 
 
-def scores_to_float32(graph) -> int:
-    """Run the selection-score chain of an FP16 graph in float32; returns the number of score reductions changed.
+def score_sums(graph) -> list:
+    """The nodes that sum attention probabilities over the queries (eq. 3's numerator): a ReduceSum of a Softmax output,
+    or a MatMul with one as its right operand (``ones(1, N) @ P``, the exported form; PV MatMuls take P on the left)."""
+    producers = _producers(graph)
 
-    The chain starts at every ReduceSum over attention probabilities (a Softmax output, the sum over queries of eq. 3)
-    and follows the float ops that consume it (chunk Adds, the Div by N, the Pad of the dynamic-size guard) up to TopK,
-    which onnxruntime's converter already keeps in float32, and the threshold comparison on TopK's values. Constants on
-    that path get float32 copies; the probabilities themselves stay FP16 (the model's precision), only their sum and
-    everything deciding the top-k is float32.
+    def softmax(name):
+        return getattr(_skip_casts(name, producers), "op_type", None) == "Softmax"
+
+    return [n for n in graph.node if (n.op_type == "ReduceSum" and softmax(n.input[0])) or
+            (n.op_type == "MatMul" and softmax(n.input[1]) and not softmax(n.input[0]))]
+
+
+# Ops the float32 score chain passes through; for the rest only input 0 is data (the others are int64 indices/shapes,
+# or Pad's constant value, which gets a float32 copy like any float constant).
+_SAME_TYPE_OPS = {"Add", "Sub", "Mul", "Div", "Concat", "Greater", "Less"}
+_CHAIN_OPS = _SAME_TYPE_OPS | {"Pad", "Slice", "Squeeze", "Unsqueeze"}
+
+
+def scores_to_float32(graph) -> int:
+    """Run the selection-score chain of an FP16 graph in float32; returns the number of score sums changed.
+
+    The chain starts at every sum of attention probabilities over the queries (:func:`score_sums`), whose inputs are
+    cast to float32, and follows the ops that consume it: the per-chunk Concat/Slice that pairs a chunk's output with
+    its scores (scoring's ``_one_consumer_per_chunk``), the chunk Adds, the Div by N, the Pad of the dynamic-size
+    guard, up to TopK, which onnxruntime's converter already keeps in float32, and the threshold comparison on TopK's
+    values. Float constants on the chain get float32 copies and FP16 tensors joining it are cast up; where the chain
+    hands data back to the FP16 model (a chunk's output after the Slice) a Cast to FP16 is inserted. The probabilities
+    and the attention output stay FP16 (the model's precision); only the score sums and everything deciding the top-k
+    are float32.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     producers, users, consts = _producers(graph), _consumers(graph), _constants(graph)
-    f32 = TensorProto.FLOAT
-    retyped, new_nodes, copies = set(), [], {}
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    retyped, new_nodes, copies, casts = set(), [], {}, {}
 
     def const32(name):
         if name not in copies:
@@ -209,17 +230,31 @@ def scores_to_float32(graph) -> int:
             graph.initializer.append(numpy_helper.from_array(consts[name].astype("float32"), copies[name]))
         return copies[name]
 
-    starts = [n for n in graph.node if n.op_type == "ReduceSum" and
-              getattr(_skip_casts(n.input[0], producers), "op_type", None) == "Softmax"]
+    def cast(name, to, tag):
+        if (name, to) not in casts:
+            casts[name, to] = f"{name}_pst_{tag}"
+            new_nodes.append(helper.make_node("Cast", [name], [casts[name, to]], to=to, name=f"{name}_pst_cast_{tag}"))
+        return casts[name, to]
+
+    def to_float32(node, data_inputs):
+        for j in data_inputs:
+            inp = node.input[j]
+            if not inp or inp in retyped:
+                continue
+            if inp in consts:
+                if consts[inp].dtype.kind == "f":
+                    node.input[j] = const32(inp)
+            else:
+                node.input[j] = cast(inp, f32, "fp32")
+
+    starts = score_sums(graph)
     for node in starts:
-        cast_out = f"{node.input[0]}_pst_fp32"
-        new_nodes.append(helper.make_node("Cast", [node.input[0]], [cast_out], to=f32, name=f"{node.name}_pst_cast"))
-        node.input[0] = cast_out
+        to_float32(node, range(len(node.input)) if node.op_type == "MatMul" else [0])
     frontier = [n.output[0] for n in starts]
     retyped.update(frontier)
     while frontier:
         name = frontier.pop()
-        for user in users.get(name, []):
+        for user in list(users.get(name, [])):
             if user.op_type == "TopK":
                 continue  # float32 already (the converter's block list); its values output is handled below
             if user.op_type == "Cast":
@@ -228,22 +263,20 @@ def scores_to_float32(graph) -> int:
                     retyped.add(user.output[0])
                     frontier.append(user.output[0])
                 continue
-            if user.op_type not in ("Add", "Sub", "Mul", "Div", "Pad", "Greater", "Less"):
+            if user.op_type not in _CHAIN_OPS:  # back into the FP16 model
+                user.input[list(user.input).index(name)] = cast(name, f16, "fp16")
                 continue
-            for j, inp in enumerate(user.input):
-                if inp in retyped or not inp:
-                    continue
-                if inp in consts and consts[inp].dtype.kind == "f":
-                    user.input[j] = const32(inp)
+            to_float32(user, range(len(user.input)) if user.op_type in _SAME_TYPE_OPS else
+                       [j for j in range(1, len(user.input)) if user.input[j] in consts])
             if user.op_type not in ("Greater", "Less") and user.output[0] not in retyped:
                 retyped.add(user.output[0])
                 frontier.append(user.output[0])
     # The threshold test reads TopK's float32 values directly, not the converter's FP16 copy of them.
     for topk in (n for n in graph.node if n.op_type == "TopK" and n.input[0] in retyped):
-        for cast in [u for u in users.get(topk.output[0], []) if u.op_type == "Cast"]:
-            for user in users.get(cast.output[0], []):
+        for c in [u for u in users.get(topk.output[0], []) if u.op_type == "Cast"]:
+            for user in users.get(c.output[0], []):
                 if user.op_type in ("Greater", "Less"):
-                    user.input[list(user.input).index(cast.output[0])] = topk.output[0]
+                    user.input[list(user.input).index(c.output[0])] = topk.output[0]
                     for j, inp in enumerate(user.input):
                         if inp in consts and consts[inp].dtype.kind == "f" and inp != topk.output[0]:
                             user.input[j] = const32(inp)
@@ -269,7 +302,7 @@ def fix_fp16_onnx(path) -> dict:
     graph = model.graph
     is_fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
     already = any(t.name.endswith("_pst_fp32") for t in graph.initializer) or any(
-        n.name.endswith("_pst_cast") for n in graph.node)
+        "_pst_cast" in n.name for n in graph.node)
     changed = {"scores_fp32": scores_to_float32(graph) if is_fp16 and not already else 0}
     changed["reordered"] = topological_sort(graph)
     if changed["scores_fp32"] or changed["reordered"]:

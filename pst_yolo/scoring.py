@@ -173,10 +173,10 @@ def explicit_attention(q, k, v, scale: float, rows: int | None, scores: bool = T
 
     The scale multiplies q (N*d values, not N*M logits) before the first MatMul, the form TensorRT's attention fusion
     recognises in an exported graph. Runs in float32 (float64 for float64) with autocast off: under AMP the top-k must
-    not pick regions by fp16 rounding noise.
+    not depend on half-precision rounding.
     """
-    acc = _acc_dtype(q)
-    outs, total = [], None
+    acc, exporting = _acc_dtype(q), in_export()
+    outs, parts = [], []
     with torch.autocast(q.device.type, enabled=False):
         kt, vv = _as(k, acc).transpose(-2, -1), _as(v, acc)
         for i in [0] if rows is None else range(0, q.shape[-2], rows):
@@ -184,10 +184,36 @@ def explicit_attention(q, k, v, scale: float, rows: int | None, scores: bool = T
             p = ((_as(qc, acc) * scale) @ kt).softmax(dim=-1)  # scale right before the MatMul, per chunk
             outs.append(p @ vv)
             if scores:
-                part = p.sum(dim=-2)
-                total = part if total is None else total + part
+                parts.append(_sum_over_queries(p, exporting))
+    if exporting and len(parts) > 1:
+        outs, parts = _one_consumer_per_chunk(outs, parts)
     out = _as(outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2), q.dtype)
-    return out, (total / q.shape[-2] if scores else None)
+    return out, (sum(parts[1:], parts[0]) / q.shape[-2] if scores else None)
+
+
+def _sum_over_queries(p: torch.Tensor, exporting: bool) -> torch.Tensor:
+    """``p.sum(-2)``; in an exported graph as ``ones(1, N) @ p``: onnxruntime's ReduceSum over a non-innermost axis is
+    slow (83 ms of a 280 ms yolo11n-pst forward at 1280 px, 2 threads), its MatMul is not."""
+    if not exporting:
+        return p.sum(dim=-2)
+    # (B, heads, 1, N) ones computed from p (probabilities: finite): the tracer freezes torch.ones_like to a constant
+    # of the traced size, which a dynamic-size graph cannot use.
+    ones = (p[..., :1] * 0 + 1).transpose(-2, -1)
+    return (ones @ p).squeeze(-2)
+
+
+def _one_consumer_per_chunk(outs: list, parts: list) -> tuple[list, list]:
+    """Route each chunk's output and score part through one Concat and split them after it.
+
+    With two consumers per probability chunk (the PV MatMul and the score sum), onnxruntime's execution order (a
+    depth-first walk back from the graph outputs) runs one consumer for every chunk before the other's first, so all
+    chunks' probabilities are alive at once: 711 MiB instead of ~140 at 1280 px. Joining both results per chunk makes
+    the walk finish a chunk, and free its probabilities, before the next one starts.
+    """
+    packs = [torch.cat([o.flatten(-2), s], dim=-1) for o, s in zip(outs, parts)]
+    sizes = [o.shape[-2] * o.shape[-1] for o in outs]
+    return ([pk[..., :n].unflatten(-1, o.shape[-2:]) for pk, n, o in zip(packs, sizes, outs)],
+            [pk[..., n:] for pk, n in zip(packs, sizes)])
 
 
 # ------------------------------------------------------------------------------------------ log-sum-exp kernels

@@ -317,21 +317,26 @@ def test_half_on_cpu_is_fp32_in_ultralytics(det):
 
 
 @pytest.mark.slow
-def test_half_onnx_export_on_cpu(det, work):
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "chunked"])
+def test_half_onnx_export_on_cpu(det, work, monkeypatch, chunked):
     """``half=True`` ONNX export on CPU (Ultralytics converts the graph to FP16, I/O kept FP32): the file passes
     onnx.checker (pst-yolo's export callback restores topological order), the selection scores and the top-k run in
-    float32 with int64 indices, the output is finite and close to FP32, and the TopK K stays a constant."""
+    float32 with int64 indices, the output is finite and close to FP32, and the TopK K stays a constant. ``chunked``:
+    a small EXPORT_BUDGET splits the coarse attention into chunks whose output and scores share one Concat."""
     from onnx import TensorProto, shape_inference
 
-    from pst_yolo.export import fix_fp16_onnx
+    from pst_yolo.export import fix_fp16_onnx, score_sums
 
     ckpt, _, val_dir = det
-    f = export(ckpt, work / "half", 8, imgsz=IMGSZ, half=True)
+    if chunked:
+        monkeypatch.setattr(scoring, "EXPORT_BUDGET", 500)
+    f = export(ckpt, work / f"half-{chunked}", 8, imgsz=IMGSZ, half=True)
     check_graph(f, 8, n_attention(ckpt))
     model = shape_inference.infer_shapes(onnx.load(str(f)))
     types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
     assert any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)  # really an FP16 model
-    sums = [n for n in model.graph.node if n.op_type == "ReduceSum"]
+    sums = score_sums(model.graph)
+    assert len(sums) > (2 * n_attention(ckpt) if chunked else 0)
     topks = [n for n in model.graph.node if n.op_type == "TopK"]
     assert sums and all(types[n.output[0]] == TensorProto.FLOAT for n in sums)
     assert all(types[n.output[0]] == TensorProto.FLOAT and types[n.output[1]] == TensorProto.INT64 for n in topks)

@@ -32,10 +32,14 @@ def _env():
 
 def _pst_yaml_with_k(folder: Path, k: int, threshold: float) -> Path:
     """A copy of cfg/models/yolo11-pst.yaml whose two PST rows set k and threshold explicitly (scale n by file name)."""
-    text = (REPO / "cfg" / "models" / "yolo11-pst.yaml").read_text()
-    text = text.replace("PST, [512]]", f"PST, [512, 2.0, 0.5, {k}, {threshold}]]")
-    text = text.replace("PST, [256]]", f"PST, [256, 2.0, 0.5, {k}, {threshold}]]")
-    assert text.count(f", {k}, {threshold}]]") == 2
+    lines = (REPO / "cfg" / "models" / "yolo11-pst.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.lstrip().startswith("#"):  # the header comments quote PST rows too
+            for c2 in (512, 256):
+                line = line.replace(f"PST, [{c2}]]", f"PST, [{c2}, 2.0, 0.5, {k}, {threshold}]]")
+            lines[i] = line
+    text = "\n".join(lines) + "\n"
+    assert sum(f", {k}, {threshold}]]" in line for line in lines) == 2
     (folder / "yolo11-pstk.yaml").write_text(text)
     return folder / "yolo11n-pstk.yaml"  # scale letter after the version, resolved by Ultralytics to the file above
 
