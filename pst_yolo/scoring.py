@@ -18,9 +18,9 @@ strategies, all exact:
 
 ``$PST_SCORES`` (or the ``strategy`` argument) picks one on any device, so the GPU strategy also runs on a CPU.
 While tracing for export the graph is explicit: MatMul(q * scale, k^T) -> Softmax -> MatMul(v), the pattern TensorRT's
-attention fusion matches, with ReduceSum over the queries for the scores; unrolled in query chunks for static-shape
-exports (bounded memory in onnxruntime, see :func:`static_export`), in one piece for dynamic ones (a traced chunk bound
-would freeze the input size).
+attention fusion matches, with ``ones(1, N) @ P`` for the scores' sum over the queries; unrolled in query chunks for
+static-shape exports (bounded memory in onnxruntime, see :func:`static_export`), in one piece for dynamic ones (a traced
+chunk bound would freeze the input size).
 """
 
 from __future__ import annotations
