@@ -1,0 +1,31 @@
+"""scripts/ort_profile.py: real exports through the stock exporter, onnxruntime's own profiler, and a table that puts
+the PST layers' node time apart from the rest of the model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_ort_profile_splits_pst_time_from_the_rest(tmp_path):
+    pytest.importorskip("onnxruntime")
+    cmd = [sys.executable, str(REPO / "scripts" / "ort_profile.py"), "yolo11n.yaml", "yolo11n-pst.yaml:8",
+           "--imgsz", "64", "--runs", "2", "--warmup", "1", "--threads", "1", "--top", "100", "--workdir", str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in p.stdout.splitlines() if line.startswith("| ") and line.count("|") == 4}
+    assert rows[""] == ["yolo11n.yaml", "yolo11n-pst.yaml:8"]
+    total = [float(v) for v in rows["whole run (model_run)"]]
+    pst = [float(v.strip("*")) for v in rows["**PST, all nodes**"]]
+    rest = [float(v.strip("*")) for v in rows["**rest, all nodes**"]]
+    assert pst[0] == 0.0 and pst[1] > 0.0  # the stock model has no PST layer; the PST model's layers are found
+    assert all(t > 0 for t in total) and all(r > 0 for r in rest)
+    assert {"PST: Softmax", "PST: TopK", "PST: GatherElements"} <= set(rows)  # coarse attention and the fine branch
+    assert (tmp_path / "yolo11n-pst_k8_64.onnx").exists()
