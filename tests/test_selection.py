@@ -76,7 +76,7 @@ def test_scores_from_lse_never_forms_the_n_by_m_matrix():
 def test_constant_logits_give_uniform_scores_and_lowest_index_ties(strategy):
     """All logits equal (a blank image): every key gets s_j = 1/M. The explicit strategies produce bit-equal scores,
     so the selection is the lowest indices, as ONNX TopK picks them; the lse kernel's fp32 rounding differs between
-    rows by ~1e-7 relative, so its order among exact ties is the kernel's (documented in docs/performance.md)."""
+    rows by ~1e-7 relative, so its order among exact ties is the kernel's (documented in docs/deployment.md, "Ties")."""
     q, k = torch.zeros(1, 1, 50, 32), torch.zeros(1, 1, 10, 32)
     s = coarse_scores(q, k, 32**-0.5, strategy=strategy)
     torch.testing.assert_close(s, torch.full((1, 1, 10), 0.1), rtol=1e-6, atol=0)
