@@ -16,8 +16,8 @@ Kernels:
 - ``flash``: ``flash_attn.flash_attn_func`` (extra ``pst-yolo[flash]``): CUDA, fp16/bf16, head dim % 8 == 0 and <= 256,
   no mask; has a backward. Layout (B, N, heads, d), so the adapter transposes.
 - ``sage``: ``sageattention.sageattn`` (extra ``pst-yolo[sage]``): CUDA, fp16/bf16, head dim <= 128 (zero-padded to
-  64, 96 or 128, the library's kernels), no mask, inference only; gets copies (its smooth_k works in place). It quantises QK^T to int8, so ``auto`` never picks it; ask for
-  it by name.
+  64, 96 or 128, the library's kernels), no mask, inference only; gets copies (its smooth_k works in place). It
+  quantises QK^T to int8, so ``auto`` never picks it; ask for it by name.
 
 A call the requested kernel cannot serve falls back to SDPA with a one-time warning naming the reason. While tracing
 for export only ``reference`` and ``sdpa`` are used (plain ONNX-exportable ops); ``auto`` exports ``reference``.

@@ -13,6 +13,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -116,8 +117,6 @@ def _skip_casts(name, producers):
 def pst_layers(onnx_model) -> list[int]:
     """Indices of the model layers whose exported nodes hold a PST attention (``/model.<i>/m.<j>/attn/``), from the
     node names torch.onnx writes after the module path."""
-    import re
-
     found = {int(m.group(1)) for n in onnx_model.graph.node if (m := re.match(r"/model\.(\d+)/m\.\d+/attn/", n.name))}
     return sorted(found)
 
@@ -189,15 +188,15 @@ def topological_sort(graph) -> bool:
 
 
 def score_sums(graph) -> list:
-    """The nodes that sum attention probabilities over the queries (eq. 3's numerator): a ReduceSum of a Softmax output,
-    or a MatMul with one as its right operand (``ones(1, N) @ P``, the exported form; PV MatMuls take P on the left)."""
+    """The nodes that sum attention probabilities over the queries (eq. 3's numerator): MatMuls with a Softmax output
+    as their right operand (``ones(1, N) @ P``, how ``pst_yolo.scoring`` exports the sum; PV MatMuls take P on the
+    left)."""
     producers = _producers(graph)
 
     def softmax(name):
         return getattr(_skip_casts(name, producers), "op_type", None) == "Softmax"
 
-    return [n for n in graph.node if (n.op_type == "ReduceSum" and softmax(n.input[0])) or
-            (n.op_type == "MatMul" and softmax(n.input[1]) and not softmax(n.input[0]))]
+    return [n for n in graph.node if n.op_type == "MatMul" and softmax(n.input[1]) and not softmax(n.input[0])]
 
 
 # Ops the float32 score chain passes through; for the rest only input 0 is data (the others are int64 indices/shapes,
@@ -249,7 +248,7 @@ def scores_to_float32(graph) -> int:
 
     starts = score_sums(graph)
     for node in starts:
-        to_float32(node, range(len(node.input)) if node.op_type == "MatMul" else [0])
+        to_float32(node, range(len(node.input)))
     frontier = [n.output[0] for n in starts]
     retyped.update(frontier)
     while frontier:
@@ -273,13 +272,12 @@ def scores_to_float32(graph) -> int:
                 frontier.append(user.output[0])
     # The threshold test reads TopK's float32 values directly, not the converter's FP16 copy of them.
     for topk in (n for n in graph.node if n.op_type == "TopK" and n.input[0] in retyped):
+        retyped.add(topk.output[0])
         for c in [u for u in users.get(topk.output[0], []) if u.op_type == "Cast"]:
             for user in users.get(c.output[0], []):
                 if user.op_type in ("Greater", "Less"):
                     user.input[list(user.input).index(c.output[0])] = topk.output[0]
-                    for j, inp in enumerate(user.input):
-                        if inp in consts and consts[inp].dtype.kind == "f" and inp != topk.output[0]:
-                            user.input[j] = const32(inp)
+                    to_float32(user, range(len(user.input)))
     graph.node.extend(new_nodes)
     keep = [vi for vi in graph.value_info if vi.name not in retyped]  # shape inference re-derives their types
     del graph.value_info[:]

@@ -61,7 +61,6 @@ def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_
         valid (torch.Tensor): Bool (B, heads, 4k): chosen, above threshold and inside the map (odd H/W clip).
     """
     k = int(topk)
-    traced = in_export() or torch.compiler.is_compiling()  # no Python-side cache while the graph is being recorded
     if in_export():
         # TopK's K must be a graph constant (TensorRT requires an initializer) that stays valid for every input size a
         # dynamic model accepts, also M < k (a 64 px input has a 2x2 P5 map). Pad the scores with k entries of -1:
@@ -75,7 +74,7 @@ def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_
         # torch.topk orders ties arbitrarily; a stable descending sort keeps the lower index first, like ONNX TopK.
         value, idx = scores.sort(dim=-1, descending=True, stable=True)
         value, idx = value[..., :k], idx[..., :k]
-        if traced:
+        if torch.compiler.is_compiling():  # no Python-side cache while the graph is being recorded
             positions, inside = block_positions(idx, coarse_w, fine_h, fine_w)
         else:
             table, inside_table = _block_table(scores.shape[-1], coarse_w, fine_h, fine_w, scores.device)
