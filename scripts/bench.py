@@ -225,7 +225,7 @@ def k0_of(label):
 
 
 def fmt_ratio(a, b):
-    return "" if a is None or b is None else f"{a / b:.2f}"
+    return "" if a is None or not b else f"{a / b:.2f}"
 
 
 def latency_table(rows):
@@ -345,22 +345,28 @@ def memory_table(rows):
 
 
 # ------------------------------------------------------------------------------------------------------- training
-def train_step(args, notes, size=320, batch=2):
-    """Forward + loss + backward of one batch with the real Ultralytics detection loss, PST vs stock."""
+def detection_batch(batch, size, device="cpu"):
+    """A seeded random training batch for ``DetectionModel.loss``: images and four boxes per image."""
     import torch
-    from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import DetectionModel
 
-    fns = {}
     g = torch.Generator().manual_seed(0)
-    img = torch.rand(batch, 3, size, size, generator=g)
     nb = 4 * batch
     targets = {
-        "img": img,
+        "img": torch.rand(batch, 3, size, size, generator=g),
         "batch_idx": torch.arange(batch).repeat_interleave(4).float(),
         "cls": torch.randint(0, 80, (nb, 1), generator=g).float(),
         "bboxes": torch.rand(nb, 4, generator=g) * 0.4 + torch.tensor([0.3, 0.3, 0.0, 0.0]),
     }
+    return {k: v.to(device) for k, v in targets.items()}
+
+
+def train_step(args, notes, size=320, batch=2):
+    """Forward + loss + backward of one batch with the real Ultralytics detection loss, PST vs stock."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    fns = {}
+    targets = detection_batch(batch, size)
     for label, yaml, topk, _ in MODELS:
         if topk == 8:
             continue  # training is coarse-only whatever k is
@@ -437,35 +443,6 @@ def psa_sweep(args):
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------------------------------------- CUDA
-def cuda_kernels(args, notes):
-    """fp16 latency of yolo11n-pst (k=8) at 640 per attention kernel (paper Table 4f); CUDA only."""
-    import torch
-
-    from pst_yolo import attention as A
-
-    if not torch.cuda.is_available():
-        return "Not measured: no CUDA device in this run."
-    model, why = build("yolo11n-pst.yaml", 8)
-    model = model.half().cuda()
-    x = torch.rand(1, 3, 640, 640, device="cuda", dtype=torch.float16)
-    out = ["| kernel | fp16 ms (batch 1, 640) | served by |", "|---|---:|---|"]
-    for name in ("reference", "sdpa", "flash", "sage"):
-        probe = [t.to("cuda", torch.float16) for t in (torch.randn(1, 2, 64, 32),) * 3]
-        why = A.why_not(name, *probe)
-        A.set_backend(name)
-
-        def run():
-            model(x)
-            torch.cuda.synchronize()
-
-        with torch.inference_mode():
-            t = interleaved({name: run}, max(10, args.runs), 5)[name]
-        out.append(f"| {name} | {t * 1e3:.2f} | {'itself' if why is None else 'sdpa fallback: ' + why} |")
-    A.set_backend(None)
-    return "\n".join(out)
-
-
 # ------------------------------------------------------------------------------------------------------------ main
 def openvino_version():
     import importlib.metadata
@@ -536,7 +513,8 @@ def main(argv=None):
         print("## Training step (forward + loss + backward, CPU)\n\n" + train_step(args, notes) + "\n")
     if not args.no_psa:
         print("## PSA alone vs full self-attention (c=64, 2 heads, batch 1, CPU)\n\n" + psa_sweep(args) + "\n")
-    print("## CUDA fp16 per attention kernel (yolo11n-pst k=8, 640)\n\n" + cuda_kernels(args, notes) + "\n")
+    print("## GPU\n\nThis benchmark measures the CPU; `scripts/gpu_check.py` measures a CUDA device (latency per kernel and "
+          "mode, memory, parity).\n")
     if notes:
         print("## Notes\n\n" + "\n".join(f"- {n}" for n in notes))
 
