@@ -40,7 +40,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (build, detection_batch, fmt_ratio, interleaved, k0_of, stock_of,  # noqa: E402  (a sibling script)
+from bench import (MODELS, build, detection_batch, fmt_ratio, interleaved, k0_of, stock_of,  # noqa: E402  (sibling)
                    with_strategy)
 
 from pst_yolo.offline import seed_fonts, set_offline_env  # noqa: E402
@@ -48,17 +48,9 @@ from pst_yolo.offline import seed_fonts, set_offline_env  # noqa: E402
 set_offline_env()  # before Ultralytics is imported, here and in every `yolo` subprocess
 
 SECTIONS = ("cli", "kernels", "latency", "memory")
-LATENCY_MODELS = [  # label, yaml, topk (None = stock), score strategy (None = auto: lse on CUDA)
-    ("yolo11n", "yolo11n.yaml", None, None),
-    ("yolo11n-pst k=0", "yolo11n-pst.yaml", 0, None),
-    ("yolo11n-pst k=8", "yolo11n-pst.yaml", 8, None),
-    ("yolo11n-pst k=8 chunked", "yolo11n-pst.yaml", 8, "chunked"),
-    ("yolo12n", "yolo12n.yaml", None, None),
-    ("yolo12n-pst k=0", "yolo12n-pst.yaml", 0, None),
-    ("yolo12n-pst k=8", "yolo12n-pst.yaml", 8, None),
-]
-COMPILED = ("yolo11n", "yolo11n-pst k=0", "yolo11n-pst k=8")  # torch.compile is slow to build: the paper's pair only
-KERNEL_NAMES = ("reference", "sdpa", "flash", "sage")
+# bench's models with the default (auto) strategy, which is lse on CUDA, plus chunked scores to show why auto avoids them
+LATENCY_MODELS = [m for m in MODELS if m[3] is None] + [("yolo11n-pst k=8 chunked", "yolo11n-pst.yaml", 8, "chunked")]
+COMPILED = ("yolo11n", "yolo11n-pst k=0", "yolo11n-pst k=8")  # torch.compile is slow to build: the paper's models only
 # Largest relative error (max |out - ref| / max |ref|) each input dtype may show; SageAttention rounds QK^T to int8.
 TOLERANCE = {"float16": 5e-3, "bfloat16": 3e-2, "sage": 6e-2}
 PARITY = 1e-3  # |mAP(GPU) - mAP(CPU)| of one checkpoint, issue 11
@@ -355,7 +347,7 @@ def section_latency(args, res, md):
     per_kernel = {}
     if m is not None:
         fns = {}
-        for name in KERNEL_NAMES:
+        for name in A.KERNELS:
             why = A.why_not(name, *probe)
             fns[name] = (lambda name=name: (A.set_backend(name), m(x), A.set_backend(None)))
             per_kernel[name] = dict(served_by="itself" if why is None else f"sdpa (fallback: {why})")
