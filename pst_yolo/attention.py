@@ -46,8 +46,12 @@ _GLOBAL_BACKEND: str | None = None
 
 
 def in_export() -> bool:
-    """Whether we are being traced/scripted for export (data-dependent Python control flow would be frozen)."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+    """Whether a tracer is recording this forward for export, which freezes data-dependent Python control flow: jit
+    trace/script (TorchScript, the legacy ONNX exporter, pnnx/NCNN, coremltools, x2paddle), the ONNX exporter, and
+    ``torch.export`` (the dynamo ONNX exporter, ExecuTorch, litert-torch). Not ``torch.compile``, which runs the eager
+    code path with guards."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_exporting())
 
 
 def reference_attention(q, k, v, mask=None, scale=None):

@@ -160,6 +160,7 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
         raise ValueError(f"pst-yolo: weights must be 'last' or 'best', got {weights!r}")
     # runs start in their own folder: a relative path to a model file must not depend on it
     models = [str(Path(m).resolve()) if Path(m).is_file() else str(m) for m in models]
+    data, val_data = (str(Path(d).resolve()) if d is not None and Path(d).exists() else d for d in (data, val_data))
     labels = [label_of(m) for m in models]
     if not models or len(set(labels)) != len(labels):
         raise ValueError(f"pst-yolo: compare needs distinct models, got {models}")

@@ -18,9 +18,21 @@ EXTRAS = {
     "openvino": (("openvino", "openvino"),),
     "flash": (("flash-attn", "flash_attn"),),
     "sage": (("sageattention", "sageattention"),),
+    "ncnn": (("ncnn", "ncnn"), ("pnnx", "pnnx")),
+    "mnn": (("mnn", "MNN"), ("onnx", "onnx"), ("onnxslim", "onnxslim")),
+    "coreml": (("coremltools", "coremltools"), ("numpy", "numpy"), ("cattrs", "cattrs")),
+    "executorch": (("executorch", "executorch"),),
+    "litert": (("litert-torch", "litert_torch"), ("ai-edge-litert", "ai_edge_litert")),
+    "tensorflow": (
+        ("tensorflow", "tensorflow"), ("tf-keras", "tf_keras"), ("onnx2tf", "onnx2tf"), ("sng4onnx", "sng4onnx"),
+        ("onnx-graphsurgeon", "onnx_graphsurgeon"), ("ai-edge-litert", "ai_edge_litert"), ("onnx", "onnx"),
+        ("protobuf", "google.protobuf"), ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"),
+    ),
+    "paddle": (("paddlepaddle", "paddle"), ("x2paddle", "x2paddle"), ("six", "six")),
     "test": (
         ("pytest", "pytest"), ("hatchling", "hatchling"), ("hypothesis", "hypothesis"), ("onnx", "onnx"),
-        ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"), ("openvino", "openvino"),
+        ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"), ("openvino", "openvino"), ("ncnn", "ncnn"),
+        ("pnnx", "pnnx"), ("mnn", "MNN"), ("coremltools", "coremltools"), ("numpy", "numpy"), ("cattrs", "cattrs"),
     ),
 }
 # Core dependencies that Ultralytics itself no longer declares but a pst-yolo feature needs (cloudpickle: the DDP
@@ -75,7 +87,7 @@ def main():
         state = "ok" if not missing else f"missing {', '.join(missing)} -> pip install 'pst-yolo[{extra}]'"
         if extra == "core" and missing:
             state = f"missing {', '.join(missing)} -> reinstall pst-yolo"
-        print(f"{extra:9s} {state:60s} {', '.join(f'{d} {v}' for d, v in dists.items() if v)}")
+        print(f"{extra:10s} {state:60s} {', '.join(f'{d} {v}' for d, v in dists.items() if v)}")
 
 
 if __name__ == "__main__":

@@ -100,31 +100,41 @@ def patch_checks(checks=None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------- tasks
-def pst_channel_rule(i, f, args, ch, n, width, max_channels):
-    """Channel bookkeeping for a two-input PST row; returns ``(c2, args, n)`` as ``parse_model`` needs them.
+def pst_channel_rule(i, f, args, ch, n, width, max_channels, m=None, scale=None):
+    """Channel bookkeeping for a two-input PST or C3k2PST row; returns ``(c2, args, n)`` as ``parse_model`` needs them.
 
     ``[[finer, coarser], n, PST, [c2, *rest]]`` becomes ``PST(c1, c_up, c2_scaled, n, *rest)``, built once (n is the
     number of stacked PSA blocks, not a repeat count). ``rest`` may end with a dict of named args
-    (``pst_yolo.switches``).
+    (``pst_yolo.switches``). ``[[finer, coarser], n, C3k2PST, [c2, c3k, e, {pst args}]]`` becomes
+    ``C3k2PST(c1, c_up, c2_scaled, n, c3k, e, pst)`` with n the C3k2 repeats and, as for a stock C3k2, c3k forced on at
+    the m/l/x scales.
     """
     from ultralytics.utils.ops import make_divisible
 
-    from pst_yolo.modules import hidden_width
+    from pst_yolo.modules import C3k2PST, hidden_width
     from pst_yolo.switches import ARG_ORDER, DEFAULTS, check_switches, yaml_args
 
+    name = f"{getattr(m, '__name__', 'PST')} layer {i}"
     if not (isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(x, int) for x in f)):
-        raise ValueError(
-            f"PST layer {i}: `from` must name exactly two layers [finer, coarser], e.g. [-1, 10]; got {f!r}"
-        )
+        raise ValueError(f"{name}: `from` must name exactly two layers [finer, coarser], e.g. [-1, 10]; got {f!r}")
     if not args:
-        raise ValueError(f"PST layer {i}: args must start with the output channels c2, got {args!r}")
+        raise ValueError(f"{name}: args must start with the output channels c2, got {args!r}")
     c1, c_up = ch[f[0]], ch[f[1]]
     c2 = make_divisible(min(args[0], max_channels) * width, 8)
-    rest = yaml_args(args[1:], f"PST layer {i}")  # a trailing dict of named args becomes positional
+    if m is C3k2PST:
+        c3k, e, pst = (list(args[1:]) + [False, 0.5, None][len(args) - 1 :])[:3]
+        if scale in {"m", "l", "x"}:
+            c3k = True
+        if pst is not None and not isinstance(pst, dict):
+            raise ValueError(f"{name}: the 4th arg must be a dict of PST args (e.g. {{k: 8}}), got {pst!r}")
+        rest = yaml_args([pst] if pst else [], name)
+        hidden_width(c2, rest[1] if len(rest) > 1 else 0.5, where=f"{name} (c2={args[0]} x width {width} -> {c2})")
+        return c2, [c1, c_up, c2, n, c3k, e, dict(zip(ARG_ORDER, rest))], 1
+    rest = yaml_args(args[1:], name)  # a trailing dict of named args becomes positional
     e = rest[1] if len(rest) > 1 else 0.5
-    hidden_width(c2, e, where=f"PST layer {i} (c2={args[0]} x width {width} -> {c2})")
+    hidden_width(c2, e, where=f"{name} (c2={args[0]} x width {width} -> {c2})")
     named = dict(zip(ARG_ORDER, rest))
-    check_switches(*(named.get(k, DEFAULTS[k]) for k in ("gating", "shared_kv", "attn")), where=f"PST layer {i}")
+    check_switches(*(named.get(k, DEFAULTS[k]) for k in ("gating", "shared_kv", "attn")), where=name)
     return c2, [c1, c_up, c2, n, *rest], 1
 
 
@@ -151,7 +161,8 @@ def _patched_parse_model(parse_model):
             f"version is not supported (tested: ultralytics{supported_range()})"
         )
     branch = ast.parse(
-        "if m in _PST_MODULES:\n    c2, args, n = _pst_channel_rule(i, f, args, ch, n, width, max_channels)"
+        "if m in _PST_MODULES:\n"
+        "    c2, args, n = _pst_channel_rule(i, f, args, ch, n, width, max_channels, m=m, scale=d.get('scale'))"
     ).body[0]
     branch.orelse = [ast.If(test=target.test, body=target.body, orelse=target.orelse)]
     target.test, target.body, target.orelse = branch.test, branch.body, branch.orelse
@@ -173,9 +184,9 @@ def patch_tasks(tasks=None) -> None:
         from ultralytics.nn import tasks
     import torch
 
-    from pst_yolo.modules import PST, PSTBlock, PyramidSparseAttention
+    from pst_yolo.modules import PST, C3k2PST, PSTBlock, PyramidSparseAttention
 
-    layers = {"PST": PST}
+    layers = {"PST": PST, "C3k2PST": C3k2PST}
     for name, obj in layers.items():
         existing = tasks.__dict__.get(name)
         if existing is not None and existing is not obj:
@@ -186,24 +197,39 @@ def patch_tasks(tasks=None) -> None:
     if not getattr(tasks.parse_model, _PATCHED, False):
         tasks.parse_model = _patched_parse_model(tasks.parse_model)
     if hasattr(torch.serialization, "add_safe_globals"):
-        torch.serialization.add_safe_globals([PST, PSTBlock, PyramidSparseAttention])
+        torch.serialization.add_safe_globals([PST, C3k2PST, PSTBlock, PyramidSparseAttention])
     patch_callbacks()
 
 
 
 # ------------------------------------------------------------------------------------------------------- callbacks
 def on_export_start(exporter) -> None:
-    """Static-shape exports trace PSA in query chunks (the input size is fixed, so the chunk bounds may be)."""
+    """Static-shape exports trace PSA in query chunks (the input size is fixed, so the chunk bounds may be); the
+    format decides the form of the fine branch (``pst_yolo.formats``)."""
+    from pst_yolo.formats import form_for, set_form
+    from pst_yolo.offline import TF_FORMATS, seed_onnx2tf_calibration
     from pst_yolo.scoring import set_static_export
 
     set_static_export(not getattr(exporter.args, "dynamic", False))
+    fmt = getattr(exporter.args, "format", None)
+    set_form(*form_for(fmt), fmt)
+    if fmt in TF_FORMATS:
+        written = seed_onnx2tf_calibration()
+        if written is not None:
+            from ultralytics.utils import LOGGER
+
+            LOGGER.info(f"pst-yolo: wrote {written} (onnx2tf's calibration sample, generated locally: Ultralytics "
+                         "would download it for every TensorFlow export)")
 
 
 def on_export_end(exporter) -> None:
-    """Back to one-piece tracing; repair the FP16 ONNX file Ultralytics' CPU half conversion wrote, if any."""
+    """Back to one-piece tracing in the graph form; repair the FP16 ONNX file Ultralytics' CPU half conversion wrote,
+    if any."""
+    from pst_yolo.formats import set_form
     from pst_yolo.scoring import set_static_export
 
     set_static_export(False)
+    set_form("graph")
     args = exporter.args
     half = getattr(args, "quantize", None) == 16 or getattr(args, "half", False)  # 8.4.190 / older spelling
     if getattr(args, "format", None) == "onnx" and half:

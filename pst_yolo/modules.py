@@ -15,7 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pst_yolo import portable
 from pst_yolo.attention import attention, in_export, log_once, resolve_backend
+from pst_yolo.formats import coarse_reason, current_form
 from pst_yolo.linear_attention import linear_attention
 from pst_yolo.scoring import coarse_attention
 from pst_yolo.selection import select_fine_tokens
@@ -77,7 +79,8 @@ class PyramidSparseAttention(nn.Module):
         attn (str): Ablation (Table 4d): ``"softmax"`` (paper), or linear attention ``"relu"`` / ``"elu"`` (ELU+1)
             for the coarse branch, which has no fine branch (topk is ignored, with a one-time log line).
         cpe (str): How the CPE, computed on the coarse grid, reaches the finer grid: ``"bilinear"`` (default, the
-            authors' release) or ``"nearest"`` (each coarse cell covers its 2x2 block; pst-yolo 0.1).
+            authors' release), ``"nearest"`` (each coarse cell covers its 2x2 block; pst-yolo 0.1) or ``"none"`` (no CPE,
+            no ``pe`` conv: an accuracy-study variant).
 
     Examples:
         >>> attn = PyramidSparseAttention(64).eval()
@@ -111,11 +114,12 @@ class PyramidSparseAttention(nn.Module):
         self.q = Conv(c, c, 1, act=False)
         self.k = Conv(c, c, 1, act=False)
         self.v = Conv(c, c, 1, act=False)
-        self.pe = Conv(c, c, 7, g=c, act=False)  # CPE on the coarse grid
+        self.cpe = check_choice(cpe, "cpe", CPE_MODES, "PyramidSparseAttention")
+        if self.cpe != "none":
+            self.pe = Conv(c, c, 7, g=c, act=False)  # CPE on the coarse grid
         self.proj = Conv(c, c, 1, act=False)
         # ---- ablation switches (paper Table 4c-e); defaults add no modules and leave the forward path as is ----
         self.gating, self.shared_kv, self.attn = check_switches(gating, shared_kv, attn, "PyramidSparseAttention")
-        self.cpe = check_choice(cpe, "cpe", CPE_MODES, "PyramidSparseAttention")
         if self.gating:
             self.gate = nn.Conv1d(2 * c, c, 1)  # eq. 7's Conv1d: one linear map per token of concat(O_c, O_f)
         if not self.shared_kv:
@@ -141,6 +145,11 @@ class PyramidSparseAttention(nn.Module):
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, heads, H*W, head_dim), contiguous: every kernel and the fine branch read it so."""
+        if in_export() and current_form() == "portable":
+            # reshape(..., -1), not unflatten (x2paddle has none) nor reshape(b, heads, d, h * w) (x2paddle then feeds
+            # the query map into the key projection's reshape); in the ONNX graph form it would cost static shape
+            # information (an If node in a dynamic export)
+            return t.flatten(2).reshape(t.shape[0], self.heads, self.head_dim, -1).transpose(-2, -1).contiguous()
         return t.flatten(2).unflatten(1, (self.heads, self.head_dim)).transpose(-2, -1).contiguous()
 
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -153,22 +162,43 @@ class PyramidSparseAttention(nn.Module):
             out = linear_attention(q, k, v, self.attn)
             if self.topk > 0 and not self.training:
                 self._log_linear_topk()
-        elif self.topk > 0 and not self.training:
+        elif self.topk > 0 and not self.training and not self._coarse_export():
             out, scores = coarse_attention(q, k, v, self.scale, self.backend)
-            index, valid = select_fine_tokens(scores, self.topk, self.threshold, u.shape[-1], h, w)
-            fine = self.fine(x, q, index, valid)
+            fine = self.fine(x, q, scores, tuple(u.shape[-2:]))
         else:
             out = coarse_attention(q, k, v, self.scale, self.backend, scores=False)[0]
         return self.fuse_outputs(out, fine, v_map, b, h, w)
 
-    def fine(self, x, q, index, valid) -> torch.Tensor:
-        """Sparse fine attention of every query over the gathered fine tokens; (B, heads, N, head_dim).
+    @staticmethod
+    def _coarse_export() -> bool:
+        """An export whose format cannot carry fine attention (``pst_yolo.formats``): coarse-only, said once."""
+        if not (in_export() and current_form() == "coarse"):
+            return False
+        log_once(("coarse-export", coarse_reason()), f"WARNING pst-yolo: exporting PST coarse-only (k=0): "
+                 f"{coarse_reason()}", level=30)
+        return True
 
-        ``index``/``valid`` (B, heads, T) from :func:`select_fine_tokens`. Tokens that are not refined (below the
-        threshold, clipped at an odd border) are masked; their values are zeroed too, so a (batch, head) with no
-        refined token at all contributes exactly 0, with no branch on the data.
+    def fine(self, x, q, scores, coarse_hw) -> torch.Tensor:
+        """Sparse fine attention of every query over the 2x2 blocks of the top-k coarse keys; (B, heads, N, head_dim).
+
+        ``scores`` (B, heads, M) are the selection scores on the coarse grid ``coarse_hw``. Tokens that are not refined
+        (below the threshold, clipped at an odd border) are masked; their values are zeroed too, so a (batch, head)
+        with no refined token at all contributes exactly 0, with no branch on the data. Exports for converters
+        without TopK/Gather trace the same computation in ``pst_yolo.portable``'s ops.
         """
-        kf, vf = self._fine_kv(x, index)
+        h, w = x.shape[-2:]
+        if in_export() and current_form() == "portable":
+            onehot, above = portable.select_onehot(scores, self.topk, self.threshold)
+            hot, inside = portable.block_onehot(onehot, coarse_hw, (h, w))
+            hot = hot if hot.dtype == x.dtype else hot.to(x.dtype)
+            # K/V convs over the whole finer map, then one-hot gathers: per-head weights in a batched MatMul are
+            # mistaken for a fully-connected layer by XNNPACK (ExecuTorch) and LiteRT, convolutions are not.
+            k, v = (self.k, self.v) if self.shared_kv else (self.k_fine, self.v_fine)
+            kf, vf = hot @ self._heads(k(x)), hot @ self._heads(v(x))
+            valid = inside * torch.cat([above] * 4, dim=-1)  # tokens are offset-major: [o * k, (o + 1) * k)
+            return portable.masked_attention(q, kf, vf, valid.to(q.dtype), self.scale)
+        index, valid = select_fine_tokens(scores, self.topk, self.threshold, coarse_hw[1], h, w)
+        kf, vf = self._project_fine(self._gather(x, index))
         vf = torch.where(valid.unsqueeze(-1), vf, 0.0)
         # Half of finfo.min: finite after adding any logit (finfo.min plus a negative fp16 logit overflows to -inf, and
         # a row of -inf would be NaN), and still far enough below every real logit that its exp() is exactly 0.
@@ -185,7 +215,7 @@ class PyramidSparseAttention(nn.Module):
             out = coarse if fine is None else coarse + fine
         # b, h, w from the input's shape: traced symbolically, so a dynamic export keeps a dynamic batch and size
         out = out.transpose(-2, -1).reshape(b, self.heads * self.head_dim, h, w)
-        return self.proj(out + self._cpe(v_map, h, w))
+        return self.proj(out if self.cpe == "none" else out + self._cpe(v_map, h, w))
 
     def _cpe(self, v_map, h: int, w: int) -> torch.Tensor:
         """Convolutional positional encoding of the coarse values, on the finer (h, w) grid."""
@@ -203,15 +233,18 @@ class PyramidSparseAttention(nn.Module):
         g = self.gate(cat).sigmoid().reshape(b, nh, d, n).transpose(-2, -1)
         return g * fine + (1 - g) * coarse
 
-    def _fine_kv(self, x, index):
-        """Fine keys/values at ``index`` (B, heads, T): the K/V projections applied only to the T gathered pixels, each
-        head using its own slice of the weights. The projections are pointwise affine maps in eval (1x1 conv + BN
-        folded), so gathering first is exact and costs T/(H*W) of projecting the map."""
+    def _gather(self, x, index):
+        """The fine map's pixels at ``index`` (B, heads, T), per head: (B, heads, T, C)."""
         b, c = x.shape[:2]
         t = index.shape[-1]
         # (B, C, heads*T) -> (B, heads, T, C); the index, not the map, is expanded (no per-head copy of x).
         xg = x.flatten(2).gather(2, index.flatten(1).unsqueeze(1).expand(b, c, -1))
-        xg = xg.unflatten(2, (self.heads, t)).permute(0, 2, 3, 1)
+        return xg.reshape(b, c, self.heads, t).permute(0, 2, 3, 1)
+
+    def _project_fine(self, xg):
+        """Fine keys/values of gathered pixels (B, heads, T, C): the K/V projections applied only to the T pixels,
+        each head using its own slice of the weights. The projections are pointwise affine maps in eval (1x1 conv +
+        BN folded), so gathering first is exact and costs T/(H*W) of projecting the map."""
         (wk, bk), (wv, bv) = self._fine_projection(xg.dtype)
         return xg @ wk + bk, xg @ wv + bv  # (B, heads, T, d) each, contiguous as the kernels want them
 
@@ -334,7 +367,7 @@ class PST(nn.Module):
         shared_kv (bool): Fine attention reuses the coarse K/V convs (Table 4e; paper default True).
         attn (str): ``"softmax"`` (paper), or linear attention ``"relu"`` / ``"elu"`` (Table 4d ablation, coarse only).
         init (str): Conv init of the PSA blocks, ``"default"`` or ``"trunc_normal"`` (see ``PSTBlock``).
-        cpe (str): CPE upsampling, ``"nearest"`` or ``"bilinear"``.
+        cpe (str): CPE upsampling, ``"nearest"``, ``"bilinear"`` or ``"none"`` (no CPE).
         layer_scale (float | None): Initial weight of each residual branch's last BatchNorm (see ``PSTBlock``).
         YAML rows pass these positionally after c2 in this order, or as a trailing dict (see ``pst_yolo.switches``).
 
@@ -412,3 +445,51 @@ class PST(nn.Module):
                 f"got {u.shape[-2]}x{u.shape[-1]} (check the `from` indices of this row)"
             )
         return x, u
+
+
+class C3k2PST(nn.Module):
+    """The stock C3k2 fusion block plus a PST on its output as a residual branch that starts at zero.
+
+    ``y = C3k2(x)``, ``out = y + PST([y, u])``, with the PST's output BatchNorm weight initialised to 0, so a new
+    C3k2PST computes exactly the C3k2 it replaces (the residual is ``SiLU(0) = 0``) and training only adds what the
+    attention earns. Its C3k2 parameters keep the stock names (``cv1``, ``cv2``, ``m``): ``pretrained=yolo11n.pt`` loads
+    the stock block into it, and the model starts from the stock checkpoint's function. pst-yolo's recommended models
+    use it at the P4 fusion (docs/accuracy.md).
+
+    YAML row: ``[[finer, coarser], n, C3k2PST, [c2, c3k, e, {PST args}]]``; ``n`` is the C3k2 repeat count (depth
+    scaled), c3k is forced on at the m/l/x scales as for a stock C3k2, PST args as for a PST row (``pst_yolo.switches``).
+
+    Args:
+        c1 (int): Channels of the finer input x (B, c1, H, W).
+        c_up (int): Channels of the coarser input u (B, c_up, ceil(H/2), ceil(W/2)).
+        c2 (int): Output channels (of the C3k2 and of the PST).
+        n (int): C3k2 repeats.
+        c3k (bool): C3k blocks inside the C3k2 (as Ultralytics' ``C3k2``).
+        e (float): C3k2 hidden ratio.
+        pst (dict | None): Keyword arguments of the residual ``PST(c2, c_up, c2, **pst)``.
+
+    Examples:
+        >>> m = C3k2PST(192, 256, 128).eval()
+        >>> m([torch.randn(1, 192, 40, 40), torch.randn(1, 256, 20, 20)]).shape
+        torch.Size([1, 128, 40, 40])
+    """
+
+    def __init__(self, c1, c_up, c2, n=1, c3k=False, e=0.5, pst=None):
+        super().__init__()
+        from ultralytics.nn.modules.block import C3k2
+
+        stock = C3k2(c1, c2, n, c3k, e)
+        self.c, self.cv1, self.cv2, self.m = stock.c, stock.cv1, stock.cv2, stock.m  # the stock parameter names
+        self.pst = PST(c2, c_up, c2, **(pst or {}))
+        nn.init.zeros_(self.pst.cv2.bn.weight)  # the residual branch starts at exactly 0
+
+    def forward(self, xs) -> torch.Tensor:
+        """``[x, u]`` with x (B, c1, H, W), u (B, c_up, ceil(H/2), ceil(W/2)) -> (B, c2, H, W)."""
+        if not isinstance(xs, (list, tuple)) or len(xs) != 2:
+            where = f"C3k2PST layer {self.i}" if hasattr(self, "i") else "C3k2PST"
+            raise ValueError(f"{where}: expects [finer, coarser] feature maps, got {type(xs).__name__}")
+        x, u = xs
+        y = list(self.cv1(x).chunk(2, 1))  # C2f.forward, the stock C3k2's
+        y.extend(m(y[-1]) for m in self.m)
+        y = self.cv2(torch.cat(y, 1))
+        return y + self.pst([y, u])

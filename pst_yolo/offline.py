@@ -10,6 +10,10 @@ Ultralytics dependency) there under those names; plots then use DejaVu Sans inst
 
 The test suite (tests/conftest.py) and the main job (scripts/demo.py) do this for themselves; tests/test_offline.py
 checks with an audit hook that nothing tries to connect.
+
+A third fetch happens in every TensorFlow export (SavedModel, GraphDef, Edge TPU, TF.js): Ultralytics downloads
+onnx2tf's sample calibration images into the working directory, even for a float32 export that never reads them.
+pst-yolo's export callback writes :func:`seed_onnx2tf_calibration`'s local file there first (``pst_yolo.integration``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import shutil
 from pathlib import Path
 
 FONTS = ("Arial.ttf", "Arial.Unicode.ttf")  # the names ultralytics.utils.checks.check_font looks for
+# The file ultralytics.utils.export.tensorflow fetches unless it is in the working directory (onnx2tf's default int8
+# calibration sample: 20 RGB images of 128 x 128 in [0, 1], NHWC float32).
+ONNX2TF_CALIBRATION = "calibration_image_sample_data_20x128x128x3_float32.npy"
+TF_FORMATS = ("saved_model", "pb", "edgetpu", "tfjs")
 ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
 
 
@@ -57,6 +65,26 @@ def seed_fonts(folder=None) -> list[Path]:
             shutil.copyfile(source, target)
             written.append(target)
     return written
+
+
+def seed_onnx2tf_calibration(folder=".") -> Path | None:
+    """Write onnx2tf's calibration sample (``ONNX2TF_CALIBRATION``) into ``folder`` if it is missing, made from 20
+    generated demo images, so a TensorFlow export does not download it. Returns the file written, or None.
+
+    Int8 exports with ``data=`` calibrate on that data instead; only an int8 export without data would calibrate on
+    these images (Ultralytics' downloaded sample would be as arbitrary for your data).
+    """
+    import numpy as np
+
+    target = Path(folder) / ONNX2TF_CALIBRATION
+    if target.exists():
+        return None
+    from pst_yolo.data.shapes import detection_image
+
+    rng = np.random.default_rng(0)
+    images = np.stack([detection_image(rng, 128)[0][..., ::-1] for _ in range(20)]).astype(np.float32) / 255.0
+    np.save(target, images)
+    return target
 
 
 def main():

@@ -212,7 +212,7 @@ def _one_consumer_per_chunk(outs: list, parts: list) -> tuple[list, list]:
     """
     packs = [torch.cat([o.flatten(-2), s], dim=-1) for o, s in zip(outs, parts)]
     sizes = [o.shape[-2] * o.shape[-1] for o in outs]
-    return ([pk[..., :n].unflatten(-1, o.shape[-2:]) for pk, n, o in zip(packs, sizes, outs)],
+    return ([pk[..., :n].reshape(o.shape) for pk, n, o in zip(packs, sizes, outs)],
             [pk[..., n:] for pk, n in zip(packs, sizes)])
 
 

@@ -34,8 +34,8 @@ DEFAULTS = {
 ATTN_KINDS = ("softmax", "relu", "elu")
 # Convolution init of the PSA blocks: PyTorch's default, or the authors' release (trunc-normal std 0.02, zero bias).
 INIT_KINDS = ("default", "trunc_normal")
-# How the CPE (computed on the coarse grid) is brought to the finer grid.
-CPE_MODES = ("nearest", "bilinear")
+# How the CPE (computed on the coarse grid) is brought to the finer grid; "none" leaves the CPE out (no pe conv).
+CPE_MODES = ("nearest", "bilinear", "none")
 
 
 def check_flag(value, name: str, where: str) -> bool:

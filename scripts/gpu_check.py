@@ -47,7 +47,11 @@ from pst_yolo.offline import seed_fonts, set_offline_env  # noqa: E402
 
 set_offline_env()  # before Ultralytics is imported, here and in every `yolo` subprocess
 
-SECTIONS = ("cli", "kernels", "latency", "memory")
+SECTIONS = ("cli", "kernels", "latency", "memory")  # in order of value: the first ones run first
+# Seconds each section may take in the one GPU run (scripts/gpu_run.sh: <= 9 minutes with installing): a section checks
+# its clock between measurements and reports what it skipped, so the run finishes and keeps what it measured.
+BUDGET = {"cli": 210, "kernels": 60, "latency": 150, "memory": 45}
+COMPILE_SECONDS = 60  # torch.compile is only started with at least this much of the latency budget left
 # bench's models with the default (auto) strategy, which is lse on CUDA, plus chunked scores to show why auto avoids them
 LATENCY_MODELS = [m for m in MODELS if m[3] is None] + [("yolo11n-pst k=8 chunked", "yolo11n-pst.yaml", 8, "chunked")]
 COMPILED = ("yolo11n", "yolo11n-pst k=0", "yolo11n-pst k=8")  # torch.compile is slow to build: the paper's models only
@@ -67,7 +71,19 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=int, default=None, help="timed runs per measurement (default 50; smoke 2)")
     p.add_argument("--modes", nargs="+", default=None, choices=("eager", "cudagraph", "compile"),
                    help="latency modes (default all three; on a CPU eager only)")
+    p.add_argument("--budget", nargs="+", default=[], metavar="SECTION=SECONDS",
+                   help=f"time budget per section (default {' '.join(f'{k}={v}' for k, v in BUDGET.items())})")
+    p.add_argument("--summary", default=None, metavar="OUT", help="print the compact summary of a finished run's "
+                   "gpu_check.json in OUT and exit")
     a = p.parse_args(argv)
+    if a.summary:
+        return a
+    a.budget_s = dict(BUDGET)
+    for item in a.budget:
+        name, _, sec = item.partition("=")
+        if name not in BUDGET or not sec.replace(".", "", 1).isdigit():
+            p.error(f"--budget {item}: expected SECTION=SECONDS with SECTION one of {list(BUDGET)}")
+        a.budget_s[name] = float(sec)
     import torch
 
     a.device = a.device or ("0" if torch.cuda.is_available() else "cpu")
@@ -82,6 +98,11 @@ def parse_args(argv=None):
     a.batches = (1, 2) if a.smoke else (1, 32)
     a.out = Path(a.out).resolve()
     return a
+
+
+def time_left(args) -> float:
+    """Seconds left of the running section's budget."""
+    return args.deadline - time.perf_counter()
 
 
 def sync(args):
@@ -210,6 +231,9 @@ def section_kernels(args, res, md):
     g = torch.Generator(device=dev).manual_seed(0)
     for dtype in (torch.float16, torch.bfloat16):
         for b, h, n, m, d in kernel_shapes(args):
+            if time_left(args) < 5:
+                md.append(f"| {str(dtype)[6:]} | {(b, h, n, m, d)} | all | | | | not run: section budget spent |")
+                continue
             q, k, v = (torch.randn(b, h, rows_, d, device=dev, generator=g).to(dtype) for rows_ in (n, m, m))
             ref = A.reference_attention(q.double(), k.double(), v.double())
             scale = ref.abs().max().item()
@@ -241,6 +265,9 @@ def section_kernels(args, res, md):
     sel = []
     for dtype in (torch.float16, torch.bfloat16):
         for b, h, n, m, d in kernel_shapes(args):
+            if time_left(args) < 3:
+                md.append(f"| {str(dtype)[6:]} | {(b, h, n, m, d)} | all | | | | not run: section budget spent |")
+                continue
             q, k, v = (torch.randn(b, h, rows_, d, device=dev, generator=g).to(dtype) for rows_ in (n, m, m))
             sc = d**-0.5
             ref_out, ref_s = coarse_attention(q.double(), k.double(), v.double(), sc, strategy="reference")
@@ -278,6 +305,25 @@ def graphed(model, x):
     return graph.replay
 
 
+SYNC_EVENTS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")
+
+
+def host_syncs(args, model, x) -> dict:
+    """How often one eval forward synchronises with the host: ``.item()``/``bool(tensor)`` (aten::_local_scalar_dense)
+    and explicit stream/device synchronisations (CUDA runtime events), from torch.profiler."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.cuda else [])
+    with torch.inference_mode():
+        model(x)
+        sync(args)
+        with profile(activities=activities) as prof:
+            model(x)
+    names = [e.name for e in prof.events()]
+    return {e: names.count(e) for e in SYNC_EVENTS}
+
+
 def prepared(args, yaml, topk):
     """A fused eval model on the device, fp16 on a GPU; or (None, why)."""
     model, why = build(yaml, topk)
@@ -304,9 +350,17 @@ def section_latency(args, res, md):
     for batch in args.batches:
         x = torch.rand(batch, 3, args.imgsz, args.imgsz, device=args.torch_device, dtype=dtype)
         for mode in args.modes:
+            need = COMPILE_SECONDS if mode == "compile" else 10
+            if time_left(args) < need:
+                notes.append(f"{mode} batch {batch}: skipped, {max(time_left(args), 0):.0f} s of the latency budget left "
+                             f"(needs {need})")
+                continue
             fns = {}
             for label, (m, strategy) in models.items():
                 if mode == "compile" and label not in COMPILED:
+                    continue
+                if mode == "compile" and time_left(args) < COMPILE_SECONDS:
+                    notes.append(f"compile {label} batch {batch}: skipped, latency budget nearly spent")
                     continue
                 try:
                     with torch.inference_mode():
@@ -345,7 +399,9 @@ def section_latency(args, res, md):
     probe = [torch.randn(1, 2, 64, 32, device=args.torch_device, dtype=dtype) for _ in range(3)]
     m = models.get("yolo11n-pst k=8", (None,))[0]
     per_kernel = {}
-    if m is not None:
+    if m is not None and time_left(args) < 10:
+        notes.append("per-kernel table: skipped, latency budget spent")
+    elif m is not None:
         fns = {}
         for name in A.KERNELS:
             why = A.why_not(name, *probe)
@@ -360,8 +416,19 @@ def section_latency(args, res, md):
             md.append(f"| {name} | {r['ms']:.2f} | {fmt_ratio(r['ms'], per_kernel['sdpa']['ms'])} | {r['served_by']} |")
     res["per_kernel"] = per_kernel
 
+    # Host synchronisations in one eval forward (they stall the stream and rule out CUDA graphs): issue 22's target 0.
+    syncs = {}
+    for label in ("yolo11n-pst k=8", "yolo11n-pst k=0"):
+        if label in models and time_left(args) > 3:
+            syncs[label] = host_syncs(args, models[label][0], x)
+    res["host_syncs"] = syncs
+    md += ["", "Host synchronisations in one eval forward (torch.profiler, batch 1):", "",
+           "| model | " + " | ".join(SYNC_EVENTS) + " |", "|---|" + "---:|" * len(SYNC_EVENTS)]
+    md += [f"| {lab} | " + " | ".join(str(c[e]) for e in SYNC_EVENTS) + " |" for lab, c in syncs.items()]
+
     # Targets (issue 11): with the best mode at batch 1.
-    best = {lab: min((table[(lab, 1, mode)], mode) for mode in args.modes if (lab, 1, mode) in table) for lab in models}
+    best = {lab: min((table[(lab, 1, mode)], mode) for mode in args.modes if (lab, 1, mode) in table) for lab in models
+            if any((lab, 1, mode) in table for mode in args.modes)}
     checks = []
     if "yolo11n-pst k=8" in best and "yolo11n" in best:
         mode = best["yolo11n-pst k=8"][1]
@@ -371,6 +438,8 @@ def section_latency(args, res, md):
                        f"paper {PAPER['PST-N ms']} vs {PAPER['yolo11n ms']} ms"))
         checks.append(("fine-attention overhead k=8 / k=0, batch 1, " + mode, pst / k0 if k0 else None, 1.10,
                        f"paper {PAPER['fine overhead']}"))
+    for label, counts in syncs.items():
+        checks.append((f"host syncs, {label} eval forward", sum(counts.values()), 0, ", ".join(SYNC_EVENTS)))
     for name in ("flash", "sage"):
         r = per_kernel.get(name, {})
         if r.get("served_by") == "itself":
@@ -472,8 +541,41 @@ def stamp(args):
                 python=platform.python_version(), cpu_cores=os.cpu_count(), smoke=args.smoke, **versions)
 
 
+def summary(out: Path) -> str:
+    """A few lines that tell how the run went: each section's status and time, and the figures issue 22 asks for."""
+    res = json.loads((Path(out) / "gpu_check.json").read_text())
+    st = res["stamp"]
+    lines = [f"gpu_check on {st['gpu']}, torch {st['torch']} (CUDA {st['cuda']}), {st['date']}"]
+    lines += [f"  {name}: {v['status']} in {v['seconds']:.0f} s (budget {v.get('budget', 0):.0f} s)"
+              for name, v in res["sections"].items()]
+    if "parity" in res:
+        p = res["parity"]
+        lines.append(f"  k=8 mAP50-95 device {p['device'][0]:.4f} vs cpu {p['cpu'][0]:.4f} (|diff| max {p['max_abs_diff']:.1e})")
+    if "train" in res:
+        lines.append("  AMP training finite: " + ", ".join(f"{k} {v['finite']}" for k, v in res["train"].items()))
+    bad = [r for r in res.get("kernels", []) if r["status"] != "ok" and not r["status"].startswith("not run")]
+    ok = [r for r in res.get("kernels", []) if r["status"] == "ok"]
+    if ok or bad:
+        worst = max(ok, key=lambda r: r["error"] / r["tol"], default=None)
+        lines.append(f"  kernels: {len(ok)} within tolerance, {len(bad)} not" +
+                     (f"; worst {worst['kernel']} {worst['dtype'][6:]} {worst['error']:.1e} (tol {worst['tol']})"
+                      if worst else ""))
+    sel = res.get("selection", [])
+    if sel:
+        lines.append(f"  selection: top-8 identical in {sum(r['same_topk'] == 1.0 for r in sel)}/{len(sel)} cases")
+    for t in res.get("targets", []):
+        lines.append(f"  target {t['what']}: {t['value'] if t['value'] is None else round(t['value'], 3)} "
+                     f"(<= {t['bound']}) {'met' if t['met'] else 'MISSED'}")
+    for r in res.get("memory", []):
+        lines.append(f"  memory {r['model']}: train {r['train_mib']} MiB, forward {r['forward_mib']}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.summary:
+        print(summary(Path(args.summary)))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("YOLO_CONFIG_DIR", str(args.out / "ultralytics-config"))
     seed_fonts()  # Ultralytics' dataset check would look for its plot font online otherwise
@@ -488,13 +590,15 @@ def main(argv=None):
     funcs = {"cli": section_cli, "kernels": section_kernels, "latency": section_latency, "memory": section_memory}
     for name in args.only:
         part, t = [f"## {name}", ""], time.perf_counter()
+        args.deadline = t + args.budget_s[name]
         try:
             ok = funcs[name](args, res, part)
             status = "ok" if ok else "TARGET MISSED"
         except Exception:  # report and go on: one broken section must not cost the device time of the others
             status, ok = "FAILED", False
             part += ["```", traceback.format_exc()[-3000:], "```"]
-        res["sections"][name] = dict(status=status, seconds=round(time.perf_counter() - t, 1))
+        res["sections"][name] = dict(status=status, seconds=round(time.perf_counter() - t, 1),
+                                     budget=args.budget_s[name])
         part += ["", f"_{name}: {status} in {time.perf_counter() - t:.0f} s_", ""]
         print("\n".join(part), flush=True)
         md += part

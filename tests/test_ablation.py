@@ -11,7 +11,6 @@ import yaml
 import pst_yolo.attention as attention_mod
 from pst_yolo.linear_attention import linear_attention
 from pst_yolo.modules import PST, PyramidSparseAttention
-from pst_yolo.selection import select_fine_tokens
 from pst_yolo.switches import yaml_args
 from reference import randomize  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -37,8 +36,7 @@ def parts(m, x, u):
     q, k, v = m._heads(m.q(x)), m._heads(m.k(u)), m._heads(m.v(u))
     p = ((q @ k.transpose(-2, -1)) * m.scale).softmax(-1)
     coarse = p @ v
-    index, valid = select_fine_tokens(p.mean(-2), m.topk, m.threshold, u.shape[-1], hh, ww)
-    fine = m.fine(x, q, index, valid)
+    fine = m.fine(x, q, p.mean(-2), tuple(u.shape[-2:]))
     pe = m._cpe(m.v(u), hh, ww)
     as_map = lambda t: t.transpose(-2, -1).reshape(b, c, hh, ww)  # noqa: E731
     return as_map(coarse), as_map(fine), pe

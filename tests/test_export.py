@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ onnx = pytest.importorskip("onnx")
 import torch  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 
+from pst_yolo.compare import yolo_command  # noqa: E402
 from pst_yolo.data import make_classification_dataset, make_detection_dataset  # noqa: E402
 from pst_yolo import scoring  # noqa: E402
 from pst_yolo.export import TENSORRT_ONNX_OPS, attention_problems, tensorrt_problems, topk_values  # noqa: E402
@@ -47,8 +47,7 @@ def _env():
 
 def yolo_cli(*args, cwd, env=None, check=True):
     """Run the stock ``yolo`` command in a fresh interpreter; returns the CompletedProcess."""
-    exe = shutil.which("yolo")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "ultralytics", *args]
+    cmd = [*yolo_command(), *args]
     p = subprocess.run(cmd, cwd=cwd, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=300)
     if check and p.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")

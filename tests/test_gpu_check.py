@@ -1,14 +1,18 @@
-"""scripts/gpu_check.py (issue 11's GPU checklist) runs every section small on the CPU, so it is ready when a GPU is."""
+"""scripts/gpu_run.sh / gpu_check.py (the GPU verification of issues 11 and 22) rehearsed small on the CPU: the exact
+script the one device call runs, so that the first GPU run is not where a typo is found."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "gpu_check.py"
 MODELS = ["yolo11n", "yolo11n-pst k=0", "yolo11n-pst k=8", "yolo11n-pst k=8 chunked", "yolo12n", "yolo12n-pst k=0",
           "yolo12n-pst k=8"]
 
@@ -18,10 +22,21 @@ def run(*args, cwd):
 
 
 @pytest.mark.slow
-def test_smoke_run_on_cpu_fills_every_section(tmp_path):
-    proc = run("--device", "cpu", "--smoke", "--out", str(tmp_path / "out"), cwd=tmp_path)
+def test_gpu_run_rehearsal_on_cpu_fills_every_section(tmp_path):
+    """``bash scripts/gpu_run.sh --rehearse``: the device call's script end to end (its summary included) on the CPU."""
+    t = time.perf_counter()
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_run.sh"), "--rehearse"], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable})
+    seconds = time.perf_counter() - t
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    print(f"CPU rehearsal of scripts/gpu_run.sh: {seconds:.0f} s")
+    summary = proc.stdout
+    for line in ("cli: ok", "kernels: ok", "memory: ok", "target host syncs, yolo11n-pst k=8 eval forward: 0 (<= 0) met",
+                 "gpu_check exit 0"):
+        assert line in summary, summary
     res = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert all(v["seconds"] <= v["budget"] for v in res["sections"].values())
+    assert res["host_syncs"]["yolo11n-pst k=8"]["aten::_local_scalar_dense"] == 0
     status = {s: v["status"] for s, v in res["sections"].items()}
     # latency's targets are GPU targets: on a CPU they may be missed, which the status says (a crash would be FAILED)
     assert status == {"cli": "ok", "kernels": "ok", "memory": "ok", "latency": status["latency"]}
@@ -50,12 +65,27 @@ def test_smoke_run_on_cpu_fills_every_section(tmp_path):
     assert all(r["ms"] > 0 for r in res["latency"])
     assert set(res["per_kernel"]) == {"reference", "sdpa", "flash", "sage"}
     assert res["per_kernel"]["flash"]["served_by"].startswith("sdpa (fallback")
-    assert [t["what"].split(",")[0] for t in res["targets"]] == ["PST-N k=8 / yolo11n", "fine-attention overhead k=8 / k=0"]
+    assert [t["what"].split(",")[0] for t in res["targets"]] == ["PST-N k=8 / yolo11n", "fine-attention overhead k=8 / k=0",
+                                                                 "host syncs", "host syncs"]
 
     # memory: each model's training step and forward ran; the peaks are CUDA-only figures.
     assert [r["model"] for r in res["memory"]] == ["yolo11n", "yolo11n-pst", "yolo12n", "yolo12n-pst"]
     assert res["memory"][1]["forward_mib"] == {"0": None, "8": None}
     assert (tmp_path / "out" / "gpu_check.md").read_text().count("\n## ") == 4
+
+
+@pytest.mark.slow
+def test_section_budget_skips_and_says_so(tmp_path):
+    """A spent budget skips the rest of a section with a note instead of overrunning the device call."""
+    proc = run("--device", "cpu", "--smoke", "--only", "latency", "kernels", "--budget", "latency=0", "kernels=0",
+               "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    res = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert res["latency"] == [] and any("skipped" in n for n in res["latency_notes"])
+    assert res["kernels"] == [] and res["selection"] == []
+    assert "not run: section budget spent" in (tmp_path / "out" / "gpu_check.md").read_text()
+    bad = run("--budget", "latency=fast", "--out", str(tmp_path), cwd=tmp_path)
+    assert bad.returncode == 2 and "--budget latency=fast" in bad.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

@@ -10,12 +10,13 @@ Ultralytics' own connectivity check when ``YOLO_OFFLINE`` is unset.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from pst_yolo.compare import yolo_command
 
 REPO = Path(__file__).resolve().parents[1]
 HOOK = '''
@@ -77,7 +78,7 @@ def test_stock_cli_and_main_job_stay_offline(audited, tmp_path):
     env, log = audited
     assert env["YOLO_OFFLINE"] == "1"  # set by tests/conftest.py, inherited by every subprocess
     data = make_detection_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64)
-    yolo = shutil.which("yolo") or "yolo"
+    yolo = yolo_command()[0]
     common = ["imgsz=64", "device=cpu"]
     _run([yolo, "train", "model=yolo11n-pst.yaml", f"data={data}", "epochs=1", "batch=4", "workers=0",
           f"project={tmp_path / 'runs'}", "name=t", "exist_ok=True", *common], env, tmp_path)  # plots=True: fonts

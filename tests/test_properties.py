@@ -8,7 +8,6 @@ measure-zero, and the comparison runs the model in float64 where the dtype is fl
 
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

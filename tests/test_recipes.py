@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 import pst_yolo.integration as integration
+from pst_yolo.compare import yolo_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,9 +107,7 @@ def det_data(tmp_path_factory):
 @pytest.mark.slow
 def test_yolo_cli_cfg_recipe_yields_table5_args(det_data, tmp_path):
     """The stock `yolo` command, in a fresh interpreter, takes cfg=pst-det-s.yaml by name; only epochs is overridden."""
-    exe = shutil.which("yolo")
-    if exe is None:
-        pytest.fail("the stock `yolo` command is not on PATH (it is installed with ultralytics)")
+    exe = yolo_command()[0]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [

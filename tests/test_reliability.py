@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pst_yolo.compare import yolo_command
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,7 +77,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     cli = [f"{k}={v}" for k, v in args.items()]
     run = dict(env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
-    a = subprocess.run(["yolo", "train", f"model={model}", "name=A", *cli], **run)
+    a = subprocess.run([*yolo_command(), "train", f"model={model}", "name=A", *cli], **run)
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
     b1 = subprocess.run([sys.executable, str(REPO / "tests" / "_resume_worker.py"), str(model),
                          json.dumps({**args, "name": "B"})], **run)
@@ -86,7 +88,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     a1 = _state(wa / "epoch0.pt")  # the uninterrupted run's checkpoint after its first epoch
     assert all(torch.equal(a1[k], epoch1[k]) for k in a1), "first epoch is not reproducible"
 
-    b2 = subprocess.run(["yolo", "train", "resume=True", f"model={wb / 'last.pt'}"], **run)
+    b2 = subprocess.run([*yolo_command(), "train", "resume=True", f"model={wb / 'last.pt'}"], **run)
     assert b2.returncode == 0, b2.stdout[-3000:] + b2.stderr[-3000:]
     assert "Resuming training" in b2.stdout + b2.stderr
 
@@ -158,9 +160,9 @@ def test_fine_attention_with_every_region_below_threshold_is_zero_not_nan(dtype,
         from pst_yolo.scoring import coarse_scores
         from pst_yolo.selection import select_fine_tokens
 
-        index, valid = select_fine_tokens(coarse_scores(q, k, m.scale), m.topk, m.threshold, u.shape[-1], 9, 7)
-        assert not valid.any()
-        fine = m.fine(x, q, index, valid)
+        scores = coarse_scores(q, k, m.scale)
+        assert not select_fine_tokens(scores, m.topk, m.threshold, u.shape[-1], 9, 7)[1].any()
+        fine = m.fine(x, q, scores, tuple(u.shape[-2:]))
         out = m(x, u)
     assert torch.equal(fine, torch.zeros_like(fine))
     assert out.isfinite().all()

@@ -134,7 +134,7 @@ def _dense_fine(attn, x, q, k, coarse_w):
     logits = (q @ kf.transpose(-2, -1)) * attn.scale
     logits = logits.masked_fill(~valid.unsqueeze(-2), float("-inf"))
     p = logits.softmax(-1).nan_to_num(0.0)  # all-masked rows contribute nothing
-    return p @ vf, index, valid
+    return p @ vf, scores
 
 
 def _randomize_bn(model, seed=0):
@@ -188,8 +188,8 @@ def _check_fine(attn, x, u):
         # rejects every region (the output must be exactly 0, not NaN)
         for topk, threshold in ((8, 1e-6), (3, 1e-6), (1000, 1e-6), (8, 0.05), (8, 1.0)):
             attn.topk, attn.threshold = topk, threshold
-            ref, index, valid = _dense_fine(attn, x, q, k, u.shape[-1])
-            fast = attn.fine(x, q, index, valid)
+            ref, scores = _dense_fine(attn, x, q, k, u.shape[-1])
+            fast = attn.fine(x, q, scores, tuple(u.shape[-2:]))
             assert torch.allclose(fast, ref, atol=1e-10, rtol=0), (topk, threshold)
     attn.topk, attn.threshold = 8, 1e-6
 

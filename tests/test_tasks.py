@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 import ultralytics.nn.tasks  # noqa: F401  (Ultralytics first: start-up hook order)
 from ultralytics import YOLO
 
+from pst_yolo.compare import yolo_command
 from pst_yolo.data import MAKERS
 from pst_yolo.modules import PST, PyramidSparseAttention
 from pst_yolo.runtime import set_topk
@@ -31,8 +31,7 @@ IMGSZ = 96
 
 
 def _cli(*args, cwd, env=None):
-    exe = shutil.which("yolo")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "ultralytics", *args]
+    cmd = [*yolo_command(), *args]
     p = subprocess.run(cmd, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, capture_output=True,
                        text=True, timeout=900)
     assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"

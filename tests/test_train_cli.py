@@ -2,17 +2,17 @@
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from pst_yolo.compare import yolo_command
 from pst_yolo.data import make_detection_dataset
 
 pytestmark = pytest.mark.slow
-YOLO_CLI = shutil.which("yolo") or "yolo"
+YOLO_CLI = yolo_command()[0]  # the `yolo` next to this interpreter: works from a venv that was never activated
 IMGSZ = 96
 
 

@@ -1,0 +1,353 @@
+#!/usr/bin/env python
+"""Every Ultralytics export format, stock vs PST (fine attention on and off), exported and validated the way a user
+would: ``yolo export model=... format=F`` (a fresh process each), then ``YOLO(exported).val()`` where Ultralytics runs
+the format on a CPU, and a parity check of the raw outputs against PyTorch on the same images.
+
+    python scripts/demo.py                                       # the main job's two checkpoints (or pass your own)
+    python scripts/export_matrix.py                              # every format whose toolchain is installed
+    python scripts/export_matrix.py --formats ncnn coreml --out runs/matrix-ncnn
+    python scripts/export_matrix.py --stock s.pt --pst p.pt --data my.yaml --imgsz 640
+
+Rows: stock, PST k=8 (the checkpoint's default fine attention) and PST k=0 (``PST_TOPK=0``), per format. Columns:
+the exported size, mAP50-95 / mAP50 (the PyTorch figure of the same row in the header row), the largest raw-output
+difference to PyTorch with the same k over the parity images ("vs pt"), for PST k=8 also to the PyTorch k=0 output
+("vs k=0": a carried fine branch stays closer to k=8 than to k=0), and the fine-attention ops the file carries
+(``pst_yolo.formats``: ``graph`` = TopK/Gather, ``portable`` = max-and-mask rounds and one-hot MatMuls).
+Formats whose toolchain is missing are listed with the extra that installs it. Writes <out>/matrix.md and
+<out>/matrix.json; ``--append`` merges rows into an existing matrix.json (toolchains that need their own environment:
+TensorFlow, PaddlePaddle; see docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pst_yolo.offline import seed_fonts, set_offline_env
+
+set_offline_env()
+
+# format -> (modules its toolchain needs, pst-yolo extra, runs on a Linux CPU in Ultralytics, distributions to report)
+FORMATS = {
+    "torchscript": ((), None, True, ("torch",)),
+    "onnx": (("onnx", "onnxruntime"), "export", True, ("onnx", "onnxruntime")),
+    "openvino": (("openvino",), "openvino", True, ("openvino",)),
+    "mnn": (("MNN", "onnx"), "mnn", True, ("MNN",)),
+    "ncnn": (("ncnn", "pnnx"), "ncnn", True, ("ncnn", "pnnx")),
+    "coreml": (("coremltools",), "coreml", False, ("coremltools",)),
+    "executorch": (("executorch",), "executorch", True, ("executorch",)),
+    "tflite": (("litert_torch", "ai_edge_litert"), "litert", True, ("litert-torch", "ai-edge-litert")),
+    "saved_model": (("tensorflow", "onnx2tf"), "tensorflow", True, ("tensorflow", "onnx2tf")),
+    "paddle": (("paddle", "x2paddle"), "paddle", True, ("paddlepaddle", "x2paddle")),
+}
+PARITY_IMAGES = 8
+
+
+def missing(fmt: str) -> list[str]:
+    return [m for m in FORMATS[fmt][0] if importlib.util.find_spec(m) is None]
+
+
+def versions(fmt: str) -> str:
+    out = []
+    for dist in FORMATS[fmt][3]:
+        try:
+            out.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(out)
+
+
+def yolo(*args, env=None, cwd=None, timeout=1800) -> subprocess.CompletedProcess:
+    from pst_yolo.compare import yolo_command
+
+    return subprocess.run([*yolo_command(), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})})
+
+
+def exported_path(weights: Path, fmt: str) -> Path:
+    """Where ``yolo export`` writes ``weights`` in ``fmt`` (Ultralytics' naming)."""
+    stem = weights.with_suffix("")
+    return {
+        "torchscript": weights.with_suffix(".torchscript"), "onnx": weights.with_suffix(".onnx"),
+        "openvino": Path(f"{stem}_openvino_model"), "mnn": weights.with_suffix(".mnn"),
+        "ncnn": Path(f"{stem}_ncnn_model"), "coreml": weights.with_suffix(".mlpackage"),
+        "executorch": Path(f"{stem}_executorch_model"), "tflite": weights.with_suffix(".tflite"),
+        "saved_model": Path(f"{stem}_saved_model"), "paddle": Path(f"{stem}_paddle_model"),
+    }[fmt]
+
+
+def size_mb(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_size / 2**20
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+# ------------------------------------------------------------------------------------ what the exported file carries
+def fine_ops(path: Path, fmt: str) -> str:
+    """The fine-attention ops found in an exported file: TopK/Gather (graph form), max-and-mask rounds (portable form),
+    or none; "-" for a file this script cannot read."""
+    try:
+        ops = _op_counts(path, fmt)
+    except Exception as e:  # an inspector's own dependency missing: say so, do not guess
+        return f"not inspected ({type(e).__name__})"
+    if ops is None:
+        return "-"
+    lower = {k.lower(): v for k, v in ops.items()}
+    topk = sum(v for k, v in lower.items() if "topk" in k)
+    gather = sum(v for k, v in lower.items() if "gather" in k)
+    rmax = sum(v for k, v in lower.items() if any(t in k for t in ("reducemax", "reduce_max", "amax", "argmax")))
+    if topk:
+        return f"graph: TopK x{topk}, Gather x{gather}"
+    if rmax:
+        return f"portable: max-and-mask x{rmax}"
+    return "none (coarse only)"
+
+
+def _op_counts(path: Path, fmt: str) -> dict | None:
+    from collections import Counter
+
+    if fmt in ("onnx", "mnn"):  # MNN converts the ONNX file written next to it
+        import onnx
+
+        return Counter(n.op_type for n in onnx.load(str(path.with_suffix(".onnx"))).graph.node)
+    if fmt == "ncnn":  # layer type first on each line; a Reduction's "0=4" is max
+        layers = [ln.split() for ln in (path / "model.ncnn.param").read_text().splitlines()[2:] if ln.strip()]
+        counts = Counter(parts[0] for parts in layers)
+        counts["ReduceMax"] = sum(parts[0] == "Reduction" and "0=4" in parts for parts in layers)
+        return counts
+    if fmt == "openvino":
+        import re
+
+        xml = next(path.glob("*.xml")).read_text()
+        return Counter(re.findall(r'type="([A-Za-z]+)"', xml))
+    if fmt == "coreml":
+        import coremltools as ct
+
+        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+        counts = Counter()
+
+        def walk(block):
+            for op in block.operations:
+                counts[op.type] += 1
+                for b in op.blocks:
+                    walk(b)
+
+        for fn in spec.mlProgram.functions.values():
+            for block in fn.block_specializations.values():
+                walk(block)
+        return counts
+    if fmt == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Counter(op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details())
+    if fmt == "saved_model":
+        from ai_edge_litert.interpreter import Interpreter
+
+        lite = next(path.glob("*_float32.tflite"))
+        return Counter(op["op_name"] for op in Interpreter(model_path=str(lite))._get_ops_details())
+    if fmt == "paddle":
+        import re
+
+        text = next(path.rglob("*.json")).read_text()
+        return Counter(re.findall(r'"(pd_op\.[a-z_0-9]+)"', text))
+    if fmt == "torchscript":
+        import torch
+
+        return Counter(n.kind() for n in torch.jit.load(str(path)).inlined_graph.nodes())
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ validation worker
+def worker(args) -> None:
+    """In its own process (one runtime per process): validate ``args.model`` and save raw outputs on the parity images;
+    prints one JSON line."""
+    import glob
+
+    import cv2
+    import numpy as np
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.nn.autobackend import AutoBackend
+
+    result = {}
+    if args.val:
+        m = YOLO(args.model, task=args.task)
+        r = m.val(data=args.data, imgsz=args.imgsz, batch=1, device="cpu", workers=0, plots=False, verbose=False,
+                  project=args.tmp, name="val", exist_ok=True)
+        metric = r.seg if args.task == "segment" else r.pose if args.task == "pose" else r.box
+        result.update(map=float(metric.map), map50=float(metric.map50))
+    backend = AutoBackend(args.model, device=torch.device("cpu"), fuse=True)
+    if args.k is not None:
+        from pst_yolo.runtime import set_topk
+
+        set_topk(backend.model, args.k)
+    images = sorted(glob.glob(str(Path(args.images) / "*")))[:PARITY_IMAGES]
+    outs = []
+    for p in images:
+        im = cv2.resize(cv2.imread(p), (args.imgsz, args.imgsz))[:, :, ::-1]
+        x = torch.from_numpy(im.copy()).permute(2, 0, 1)[None].float() / 255
+        y = backend(x)
+        y = y[0] if isinstance(y, (list, tuple)) else y
+        outs.append(np.asarray(y.detach() if torch.is_tensor(y) else y, dtype=np.float32))
+    np.save(args.raw, np.stack(outs))
+    print("RESULT " + json.dumps(result))
+
+
+def run_worker(model, task, data, images, imgsz, k, raw: Path, val: bool, env=None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", str(model), "--task", task, "--data", str(data), "--images",
+           str(images), "--imgsz", str(imgsz), "--raw", str(raw), "--tmp", str(raw.parent / "val")]
+    cmd += ["--k", str(k)] if k is not None else []
+    cmd += ["--val"] if val else []
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env={**os.environ, **(env or {})})
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if p.returncode or line is None:
+        raise RuntimeError((p.stdout + p.stderr)[-1500:])
+    return json.loads(line[len("RESULT "):])
+
+
+# ---------------------------------------------------------------------------------------------------------- matrix
+def rows_for(fmt, models, data, images, imgsz, task, out: Path, pt: dict) -> list[dict]:
+    import numpy as np
+
+    need = missing(fmt)
+    if need:
+        extra = FORMATS[fmt][1]
+        return [{"format": fmt, "model": name, "status": f"toolchain not installed ({', '.join(need)}): "
+                 f"pip install 'pst-yolo[{extra}]'"} for name in models]
+    rows = []
+    for name, (weights, k) in models.items():
+        row = {"format": fmt, "model": name, "versions": versions(fmt)}
+        folder = out / fmt / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        w = folder / weights.name
+        shutil.copy(weights, w)
+        env = {"PST_TOPK": str(k)} if k is not None else {}
+        t = time.perf_counter()
+        p = yolo("export", f"model={w}", f"format={fmt}", f"imgsz={imgsz}", env=env, cwd=folder)
+        row["export_s"] = round(time.perf_counter() - t, 1)
+        path = exported_path(w, fmt)
+        if p.returncode or not path.exists():
+            tail = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-3:]
+            row["status"] = "export failed: " + " | ".join(tail)[-300:]
+            rows.append(row)
+            continue
+        row.update(size_mb=round(size_mb(path), 1), ops=fine_ops(path, fmt) if k is not None else "-")
+        if not FORMATS[fmt][2]:
+            row["status"] = "exported (no runtime on Linux)"
+            rows.append(row)
+            continue
+        try:
+            row.update(run_worker(path, task, data, images, imgsz, None, folder / "raw.npy", True, env))
+        except RuntimeError as e:
+            row["status"] = "runs? no: " + str(e).splitlines()[-1][:300]
+            rows.append(row)
+            continue
+        raw = np.load(folder / "raw.npy")
+        ref = pt[name]["raw"]
+        if raw.shape == ref.shape:
+            row["vs_pt"] = float(np.abs(raw - ref).max())
+            if name == "pst k=8":
+                row["vs_k0"] = float(np.abs(raw - pt["pst k=0"]["raw"]).max())
+        row["status"] = "ok"
+        rows.append(row)
+    return rows
+
+
+def pytorch_reference(models, task, data, images, imgsz, out: Path) -> dict:
+    import numpy as np
+
+    ref = {}
+    for name, (weights, k) in models.items():
+        folder = out / "pytorch" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        res = run_worker(weights, task, data, images, imgsz, k, folder / "raw.npy", True)
+        ref[name] = {**res, "raw": np.load(folder / "raw.npy")}
+    return ref
+
+
+def markdown(rows: list[dict], pt: dict, header: str) -> str:
+    lines = [header, "",
+             "| format | toolchain | model | size (MB) | mAP50-95 | mAP50 | max diff vs PyTorch | fine attention in the file | status |",
+             "|---|---|---|---:|---:|---:|---|---|---|"]
+    for name, r in pt.items():
+        lines.append(f"| PyTorch | torch | {name} | | {r['map']:.4f} | {r['map50']:.4f} | | | reference |")
+    for r in rows:
+        diff = ""
+        if "vs_pt" in r:
+            diff = f"{r['vs_pt']:.2g}" + (f" (vs k=0: {r['vs_k0']:.2g})" if "vs_k0" in r else "")
+        mp = f"{r['map']:.4f}" if "map" in r else ""
+        m50 = f"{r['map50']:.4f}" if "map50" in r else ""
+        size = f"{r['size_mb']:.1f}" if "size_mb" in r else ""
+        lines.append(f"| {r['format']} | {r.get('versions', '')} | {r['model']} | {size} | {mp} | {m50} | {diff} | "
+                     f"{r.get('ops', '')} | {r.get('status', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stock", default="runs/pst-demo/runs/yolo11n-s0/weights/last.pt")
+    ap.add_argument("--pst", default="runs/pst-demo/runs/yolo11n-pst-s0/weights/last.pt")
+    ap.add_argument("--data", default="runs/pst-demo/data/data.yaml")
+    ap.add_argument("--imgsz", type=int, default=128)
+    ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    ap.add_argument("--out", default="runs/export-matrix")
+    ap.add_argument("--append", action="store_true", help="merge into an existing <out>/matrix.json")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    for hidden in ("--task", "--images", "--raw", "--tmp"):
+        ap.add_argument(hidden, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--k", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--val", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        args.model = args.worker
+        return worker(args)
+
+    seed_fonts()
+    from ultralytics import YOLO
+
+    stock, pst, data = (Path(p).resolve() for p in (args.stock, args.pst, args.data))
+    for p, what in ((stock, "--stock"), (pst, "--pst"), (data, "--data")):
+        if not p.exists():
+            raise SystemExit(f"export_matrix: {what} {p} does not exist (run scripts/demo.py first, or pass {what})")
+    task = YOLO(str(pst)).task
+    images = data.parent / "images" / "val"
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    models = {"stock": (stock, None), "pst k=8": (pst, 8), "pst k=0": (pst, 0)}
+    pt = pytorch_reference(models, task, data, images, args.imgsz, out)
+    rows = []
+    for fmt in args.formats:
+        print(f"export_matrix: {fmt} ...", flush=True)
+        rows += rows_for(fmt, models, data, images, args.imgsz, task, out, pt)
+    store = out / "matrix.json"
+    if args.append and store.is_file():
+        old = json.loads(store.read_text())
+        done = {(r["format"], r["model"]) for r in rows if not r.get("status", "").startswith("toolchain not")}
+        rows = [r for r in old["rows"] if (r["format"], r["model"]) not in done] + \
+               [r for r in rows if (r["format"], r["model"]) in done or
+                (r["format"], r["model"]) not in {(o["format"], o["model"]) for o in old["rows"]}]
+        rows.sort(key=lambda r: (list(FORMATS).index(r["format"]), list(models).index(r["model"])))
+    pt_json = {k: {m: v for m, v in r.items() if m != "raw"} for k, r in pt.items()}
+    import torch
+    import ultralytics
+
+    header = (f"Export matrix: {task}, imgsz {args.imgsz}, {stock.name} vs {pst.name} (k=8 / k=0), data {data}; "
+              f"ultralytics {ultralytics.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
+    store.write_text(json.dumps({"header": header, "pytorch": pt_json, "rows": rows}, indent=1))
+    text = markdown(rows, pt_json, header)
+    (out / "matrix.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole GPU verification (issue 22) as one device call of at most 9 minutes: install the carried wheels, run
+# scripts/gpu_check.py's four sections in order of value, each within its time budget (cli 210 s, kernels 60 s,
+# latency 150 s, memory 45 s), writing gpu_check.md / gpu_check.json / gpu_check.log into $OUT as it goes (a timeout
+# still returns what finished), then print a compact summary. Runbook: docs/performance.md "GPU runbook".
+#
+#   here, once:     bash scripts/gpu_wheels.sh            # what the GPU machine lacks, into .whl/ (git-ignored)
+#   device call:    bash scripts/gpu_run.sh               # carry: [".whl"], timeout_s: 580
+#   CPU rehearsal:  bash scripts/gpu_run.sh --rehearse    # the same script, small, on this machine (tests do it)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+mkdir -p "${OUT:-runs/gpu-run}"
+out=$(cd "${OUT:-runs/gpu-run}" && pwd)
+py=python3
+if [[ "${1:-}" == --rehearse ]]; then
+  py="${PYTHON:-python3}"
+  args=(--device cpu --smoke)
+  limit=600
+else
+  if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "gpu_run: no wheels in .whl/ (run scripts/gpu_wheels.sh here and carry .whl)" >&2
+    exit 2
+  fi
+  # --no-deps: the image's torch/triton/onnx stay; pst_yolo.pth (the start-up hook the stock `yolo` needs) comes with
+  # a normal install, not with --target
+  "$py" -m pip install -q --no-index --no-deps --no-cache-dir .whl/*.whl >"$out/install.log" 2>&1 \
+    || { tail -20 "$out/install.log"; exit 3; }
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$out/nvidia-smi.txt" 2>&1 || true
+  args=(--device 0)
+  limit=$((540 - (SECONDS - start)))  # 9 minutes for the whole call
+fi
+echo "gpu_run: installed in $((SECONDS - start)) s; gpu_check for at most $limit s"
+# Run from outside the repository: the installed package (and its start-up hook) is what gets tested.
+work=$(mktemp -d)
+repo=$(pwd)
+(cd "$work" && timeout --signal=INT --kill-after=10 "$limit" "$py" "$repo/scripts/gpu_check.py" "${args[@]}" \
+  --out "$out" ${GPU_CHECK_ARGS:-}) >"$out/gpu_check.log" 2>&1
+rc=$?
+if [[ -f "$out/gpu_check.json" ]]; then
+  "$py" scripts/gpu_check.py --summary "$out"
+else
+  tail -30 "$out/gpu_check.log"
+fi
+echo "gpu_run: gpu_check exit $rc, whole run $((SECONDS - start)) s"
+exit $rc
