@@ -21,6 +21,12 @@ class ZooModel:
     params_m: float | None = None  # paper #Param. (M)
     gflops: float | None = None  # paper FLOPs (G)
     asserted: bool = False  # params must be within TOLERANCE of params_m
+    psts: int = 0  # PST layers in the model (0: 1 for classification, 2 for the dense tasks, the paper's layouts)
+
+    @property
+    def n_pst(self) -> int:
+        """PST layers in the model (a C3k2PST holds one)."""
+        return self.psts or (1 if self.task == "classify" else 2)
 
     @property
     def imgsz(self) -> int:
@@ -28,6 +34,7 @@ class ZooModel:
         return 224 if self.task == "classify" else 640
 
 
+TASK_SUFFIXES = (("seg", "segment"), ("pose", "pose"), ("obb", "obb"))
 MODELS = (
     ZooModel("yolo11n-pst.yaml", "detect", "Table 2 YOLOv11-PST-N", 2.8, 10.1),
     ZooModel("yolo11s-pst.yaml", "detect", "Table 2 YOLOv11-PST-S", 9.3, 21.0, True),
@@ -51,6 +58,14 @@ MODELS = (
     ZooModel("r101-cls-pst.yaml", "classify", "Table 3 R-101-PST-S", 54.4, 140.0, True),
     *(ZooModel(f"yolo{v}n-{suffix}-pst.yaml", task) for v in ("11", "12")
       for suffix, task in (("seg", "segment"), ("pose", "pose"), ("obb", "obb"))),
+    # beyond the paper: the recommended residual-PST family (docs/accuracy.md) and YOLO26
+    *(ZooModel(f"yolo11{s}-pst-res.yaml", "detect", psts=1) for s in "nsmlx"),
+    *(ZooModel(f"yolo11n-{suffix}-pst-res.yaml", task, psts=1) for suffix, task in TASK_SUFFIXES),
+    *(ZooModel(f"yolo26{s}-pst.yaml", "detect") for s in "nsmlx"),
+    *(ZooModel(f"yolo26{s}-pst-res.yaml", "detect", psts=1) for s in "nsmlx"),
+    *(ZooModel(f"yolo26n-{suffix}-pst{res}.yaml", task, psts=1 if res else 0) for suffix, task in TASK_SUFFIXES
+      for res in ("", "-res")),
+    *(ZooModel(f"yolo26{s}-cls-pst.yaml", "classify") for s in "nsm"),
 )
 
 # Stock Ultralytics baselines of the paper's tables, for context (paper figures as printed).
@@ -64,9 +79,51 @@ BASELINES = (
     ZooModel("yolo11n-seg.yaml", "segment"),
     ZooModel("yolo11n-pose.yaml", "pose"),
     ZooModel("yolo11n-obb.yaml", "obb"),
+    ZooModel("yolo26n.yaml", "detect"),
+    ZooModel("yolo26n-cls.yaml", "classify"),
 )
 
+# The recommended PST model per (family, task): the best one measured against stock on the three data sets of the
+# accuracy study (docs/accuracy.md). "{s}" is the scale letter. YOLO12 has no measured alternative to the paper's
+# layout, so it answers that.
+RECOMMENDED = {
+    ("yolo11", "detect"): "yolo11{s}-pst-res.yaml",
+    ("yolo11", "segment"): "yolo11{s}-seg-pst-res.yaml",
+    ("yolo11", "pose"): "yolo11{s}-pose-pst-res.yaml",
+    ("yolo11", "obb"): "yolo11{s}-obb-pst-res.yaml",
+    ("yolo11", "classify"): "yolo11{s}-cls-pst.yaml",
+    ("yolo12", "detect"): "yolo12{s}-pst.yaml",
+    ("yolo12", "segment"): "yolo12{s}-seg-pst.yaml",
+    ("yolo12", "pose"): "yolo12{s}-pose-pst.yaml",
+    ("yolo12", "obb"): "yolo12{s}-obb-pst.yaml",
+    ("yolo12", "classify"): "yolo12{s}-cls-pst.yaml",
+    ("yolo26", "detect"): "yolo26{s}-pst-res.yaml",
+    ("yolo26", "segment"): "yolo26{s}-seg-pst-res.yaml",
+    ("yolo26", "pose"): "yolo26{s}-pose-pst-res.yaml",
+    ("yolo26", "obb"): "yolo26{s}-obb-pst-res.yaml",
+    ("yolo26", "classify"): "yolo26{s}-cls-pst.yaml",
+}
+def recommended(task: str = "detect", scale: str = "n", family: str = "yolo11") -> str:
+    """The YAML name to train for a PST model of ``family`` (yolo11, yolo12, yolo26), ``task`` and ``scale``.
 
-def paper_closed_form(c: int, c_up: int, c_prime: int) -> int:
-    """The paper's PST parameter formula (Sec. 3.1), ``10 C'^2 + (C_up + 3C + 61) C'``; approximate by design."""
-    return 10 * c_prime**2 + (c_up + 3 * c + 61) * c_prime
+    Examples:
+        >>> recommended()
+        'yolo11n-pst-res.yaml'
+        >>> recommended("segment", "s", family="yolo26")
+        'yolo26s-seg-pst-res.yaml'
+    """
+    import yaml
+
+    from pst_yolo.integration import find_cfg
+
+    families = sorted({f for f, _ in RECOMMENDED})
+    tasks = sorted({t for _, t in RECOMMENDED})
+    if family not in families:
+        raise ValueError(f"pst-yolo: recommended(): family must be one of {families}, got {family!r}")
+    if task not in tasks:
+        raise ValueError(f"pst-yolo: recommended(): task must be one of {tasks}, got {task!r}")
+    template = RECOMMENDED[(family, task)]
+    scales = sorted(yaml.safe_load(find_cfg(template.replace("{s}", "")).read_text())["scales"])  # the file's own
+    if scale not in scales:
+        raise ValueError(f"pst-yolo: recommended(): scale must be one of {scales} for {family} {task}, got {scale!r}")
+    return template.format(s=scale)

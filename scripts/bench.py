@@ -38,6 +38,14 @@ MODELS = [  # label, yaml, topk (None = stock model), score strategy (pst_yolo.s
     ("yolo12n", "yolo12n.yaml", None, None),
     ("yolo12n-pst k=0", "yolo12n-pst.yaml", 0, None),
     ("yolo12n-pst k=8", "yolo12n-pst.yaml", 8, None),
+    # the recommended models (pst_yolo.zoo.recommended) and YOLO26
+    ("yolo11n-pst-res k=0", "yolo11n-pst-res.yaml", 0, None),
+    ("yolo11n-pst-res k=8", "yolo11n-pst-res.yaml", 8, None),
+    ("yolo26n", "yolo26n.yaml", None, None),
+    ("yolo26n-pst k=0", "yolo26n-pst.yaml", 0, None),
+    ("yolo26n-pst k=8", "yolo26n-pst.yaml", 8, None),
+    ("yolo26n-pst-res k=0", "yolo26n-pst-res.yaml", 0, None),
+    ("yolo26n-pst-res k=8", "yolo26n-pst-res.yaml", 8, None),
 ]
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 

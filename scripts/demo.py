@@ -1,5 +1,6 @@
-"""The main job: demo data -> train yolo11n-pst and stock yolo11n side by side (stock `yolo train`, same settings and
-seed) -> validate PST coarse (k=0) vs fine (k=8) -> ONNX export -> summary table.
+"""The main job: demo data -> train the stock yolo11n, the recommended PST model (``pst_yolo.zoo.recommended()``) and
+the paper's layout (yolo11n-pst) side by side (stock `yolo train`, same settings and seed) -> validate PST coarse (k=0)
+vs fine (k=8) -> ONNX export of the recommended model -> summary table.
 
     python scripts/demo.py                 # about 3-4 minutes on a 2-core CPU
     python scripts/demo.py --epochs 3      # smoke run
@@ -23,7 +24,8 @@ set_offline_env()
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/pst-demo", help="output folder")
-    ap.add_argument("--model", default="yolo11n-pst.yaml", help="PST model YAML name or path")
+    ap.add_argument("--model", default=None, help="PST model YAML name or path (default: pst_yolo.zoo.recommended())")
+    ap.add_argument("--paper", default="yolo11n-pst.yaml", help="the paper's layout, trained beside it (empty: skip)")
     ap.add_argument("--stock", default="yolo11n.yaml", help="the stock model it replaces (empty: skip)")
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--imgsz", type=int, default=128)
@@ -82,8 +84,12 @@ def main(argv=None):
     from pst_yolo.compare import compare, summary_rows
     from pst_yolo.data import make_detection_dataset
 
+    from pst_yolo.zoo import recommended
+
+    args.model = args.model or recommended()
     data = make_detection_dataset(out / "data", n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz)
-    models = ([args.stock] if args.stock else []) + [args.model]  # the stock row first, the PST rows under it
+    # the stock row first, the recommended PST model under it, the paper's layout last
+    models = ([args.stock] if args.stock else []) + [args.model] + ([args.paper] if args.paper else [])
     # The Ultralytics defaults a user would run, with a short warm-up and mosaic off for the last 5 of 25 epochs.
     result = compare(models, data, args.epochs, args.imgsz, args.batch, seeds=(args.seed,), ks=args.k, out=out,
                      jobs=len(models), weights="last", warmup_epochs=1, close_mosaic=5)

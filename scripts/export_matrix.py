@@ -99,8 +99,10 @@ def fine_ops(path: Path, fmt: str) -> str:
         ops = _op_counts(path, fmt)
     except Exception as e:  # an inspector's own dependency missing: say so, do not guess
         return f"not inspected ({type(e).__name__})"
-    if ops is None:
-        return "-"
+    if ops is None:  # a file format this script cannot open (ExecuTorch's .pte): the form it was traced in
+        from pst_yolo.formats import form_for
+
+        return f"{form_for(fmt)[0]} (traced form; file not inspected)"
     lower = {k.lower(): v for k, v in ops.items()}
     topk = sum(v for k, v in lower.items() if "topk" in k)
     gather = sum(v for k, v in lower.items() if "gather" in k)
@@ -157,8 +159,8 @@ def _op_counts(path: Path, fmt: str) -> dict | None:
     if fmt == "paddle":
         import re
 
-        text = next(path.rglob("*.json")).read_text()
-        return Counter(re.findall(r'"(pd_op\.[a-z_0-9]+)"', text))
+        text = next(path.rglob("*.json")).read_text()  # PIR program: ops are named "1.<op>"
+        return Counter(re.findall(r'"1\.([a-z_0-9]+)"', text))
     if fmt == "torchscript":
         import torch
 
@@ -181,8 +183,10 @@ def worker(args) -> None:
     result = {}
     if args.val:
         m = YOLO(args.model, task=args.task)
+        # rect=False: exported models run at the fixed export size, so the PyTorch reference must too (a PyTorch val
+        # defaults to rectangular batches, padded up to the next stride multiple plus half a stride: another size)
         r = m.val(data=args.data, imgsz=args.imgsz, batch=1, device="cpu", workers=0, plots=False, verbose=False,
-                  project=args.tmp, name="val", exist_ok=True)
+                  rect=False, project=args.tmp, name="val", exist_ok=True)
         metric = r.seg if args.task == "segment" else r.pose if args.task == "pose" else r.box
         result.update(map=float(metric.map), map50=float(metric.map50))
     backend = AutoBackend(args.model, device=torch.device("cpu"), fuse=True)
@@ -194,7 +198,8 @@ def worker(args) -> None:
     outs = []
     for p in images:
         im = cv2.resize(cv2.imread(p), (args.imgsz, args.imgsz))[:, :, ::-1]
-        x = torch.from_numpy(im.copy()).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)))[None].float() / 255  # contiguous: NCNN,
+        # MNN and ExecuTorch read the raw buffer
         y = backend(x)
         y = y[0] if isinstance(y, (list, tuple)) else y
         outs.append(np.asarray(y.detach() if torch.is_tensor(y) else y, dtype=np.float32))
@@ -241,7 +246,8 @@ def rows_for(fmt, models, data, images, imgsz, task, out: Path, pt: dict) -> lis
             row["status"] = "export failed: " + " | ".join(tail)[-300:]
             rows.append(row)
             continue
-        row.update(size_mb=round(size_mb(path), 1), ops=fine_ops(path, fmt) if k is not None else "-")
+        ops = "-" if k is None else "none (k=0)" if k == 0 else fine_ops(path, fmt)
+        row.update(size_mb=round(size_mb(path), 1), ops=ops)
         if not FORMATS[fmt][2]:
             row["status"] = "exported (no runtime on Linux)"
             rows.append(row)
@@ -270,7 +276,8 @@ def pytorch_reference(models, task, data, images, imgsz, out: Path) -> dict:
     for name, (weights, k) in models.items():
         folder = out / "pytorch" / name
         folder.mkdir(parents=True, exist_ok=True)
-        res = run_worker(weights, task, data, images, imgsz, k, folder / "raw.npy", True)
+        env = {"PST_TOPK": str(k)} if k is not None else {}  # validated at that k, as the exported file is
+        res = run_worker(weights, task, data, images, imgsz, k, folder / "raw.npy", True, env)
         ref[name] = {**res, "raw": np.load(folder / "raw.npy")}
     return ref
 

@@ -13,14 +13,14 @@ Sections (``--only`` picks some; each one's failure is reported and the rest sti
   attention kernel (paper Table 4f). Ratios next to the paper's (+2.5% for fine attention, 1.24 vs 1.5 ms).
 - ``memory``: peak GPU memory of an AMP training step (batch 16, 640 px) and of a 1280 px fp16 forward, PST vs stock.
 
-On the GPU machine (the wheels it lacks come from ``scripts/gpu_wheels.sh``; docs/performance.md "GPU runbook")::
+Each section runs within a time budget (``BUDGET``; ``--budget SECTION=SECONDS``) and writes gpu_check.md/.json when
+it ends, so the one 9-minute device call (``scripts/gpu_run.sh``, which installs the carried wheels from
+``scripts/gpu_wheels.sh`` and prints ``--summary``; docs/performance.md "GPU runbook") keeps whatever finished.
 
-    python scripts/gpu_check.py --only cli kernels memory --out $OUT     # ~5 min on an H100
-    python scripts/gpu_check.py --only latency --out $OUT                # ~6 min (torch.compile dominates)
+On a CPU the same code paths run small (``--smoke``; tests/test_gpu_check.py rehearses gpu_run.sh), so the script is
+ready when a GPU is:
 
-On a CPU the same code paths run small (``--smoke``; tests/test_gpu_check.py), so the script is ready when a GPU is:
-
-    python scripts/gpu_check.py --device cpu --smoke --out /tmp/gpu-check
+    bash scripts/gpu_run.sh --rehearse                                   # or: python scripts/gpu_check.py --device cpu --smoke
 """
 
 from __future__ import annotations

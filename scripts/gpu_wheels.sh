@@ -6,8 +6,9 @@
 # polars is pinned to the last single-wheel release (40 MB): 2.x splits off a 54 MB runtime, and a run carries at most
 # 64 MiB. .whl/ is ignored through .git/info/exclude, so it never lands in a commit.
 #
-#   bash scripts/gpu_wheels.sh           # ~44 MB
-#   bash scripts/gpu_wheels.sh --flash   # also the flash-attn source archive (8 MB; it builds on the device)
+#   bash scripts/gpu_wheels.sh           # ~44 MB; then one device call: bash scripts/gpu_run.sh (carry: [".whl"])
+#   bash scripts/gpu_wheels.sh --flash   # also the flash-attn source archive (8 MB): PyPI has no flash-attn wheel, and
+#                                        # its CUDA build does not fit the 9-minute run (docs/performance.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=.whl

@@ -12,6 +12,7 @@ Usage:
     python scripts/model_table.py --baselines     # also the stock Ultralytics baselines of the paper's tables
     python scripts/model_table.py --closed-form   # also the paper's closed-form PST parameter count for the N rows
     python scripts/model_table.py --only r50-pst.yaml yolo11s-pst.yaml
+    python scripts/model_table.py --cost          # detection cost at 640 and 1280 px next to the stock models
 """
 
 from __future__ import annotations
@@ -138,20 +139,54 @@ def closed_form_report() -> str:
     return "\n".join(lines) + "\n"
 
 
+COST = (("yolo11n.yaml", None), ("yolo11n-pst.yaml", "yolo11n.yaml"), ("yolo11n-pst-res.yaml", "yolo11n.yaml"),
+        ("yolo12n.yaml", None), ("yolo12n-pst.yaml", "yolo12n.yaml"),
+        ("yolo26n.yaml", None), ("yolo26n-pst.yaml", "yolo26n.yaml"), ("yolo26n-pst-res.yaml", "yolo26n.yaml"))
+
+
+def cost_table(sizes=(640, 1280)) -> str:
+    """Detection cost next to the stock model each PST model replaces: parameters, and GFLOPs at each size without
+    the attention matmuls (Ultralytics' counter) and with them (full, k=0 and k=8)."""
+    cols = " | ".join(f"GFLOPs {s} Ultralytics | full k=0 | full k=8 | k=8 vs stock" for s in sizes)
+    lines = [f"| model | params (M) | vs stock | {cols} |", "|---|---:|---:|" + "---:|" * (4 * len(sizes))]
+    measured = {}
+    for name, stock in COST:
+        model = build(name)
+        row = {"params": count_params(model) / 1e6}
+        for size in sizes:
+            row[size] = (ultralytics_gflops(model, size), full_gflops(model, size, 0 if stock else None),
+                         full_gflops(model, size, 8 if stock else None))
+        measured[name] = row
+        base = measured.get(stock)
+        cells = [f"{row['params']:.2f}", f"{row['params'] / base['params']:.2f}" if base else ""]
+        for size in sizes:
+            u, k0, k8 = row[size]
+            cells += [f"{u:.1f}", f"{k0:.1f}", f"{k8:.1f}", f"{k8 / base[size][2]:.2f}" if base else ""]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="model names to measure (default: all shipped)")
     ap.add_argument("--baselines", action="store_true", help="also measure the stock Ultralytics baselines")
     ap.add_argument("--closed-form", action="store_true", help="also print the paper's closed-form PST counts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--cost", action="store_true", help="only the detection cost table at 640 and 1280 px, PST vs stock")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.environ.setdefault("PST_ATTN", "sdpa")
+    # explicit attention matmuls: FlopCounterMode counts them, but not SDPA's CPU flash kernel (0 FLOPs in torch 2.14)
+    os.environ.setdefault("PST_ATTN", "reference")
     import pst_yolo.integration as integration
     from pst_yolo.zoo import BASELINES, MODELS
 
     integration.register()
+    if args.cost:
+        print("## Detection cost at 640 and 1280 px, PST vs the stock model it replaces\n")
+        print(cost_table())
+        return
     models = [m for m in MODELS if not args.only or m.name in args.only]
     if args.only and len(models) != len(args.only):
         known = ", ".join(m.name for m in MODELS)

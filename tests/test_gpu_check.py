@@ -14,7 +14,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 MODELS = ["yolo11n", "yolo11n-pst k=0", "yolo11n-pst k=8", "yolo11n-pst k=8 chunked", "yolo12n", "yolo12n-pst k=0",
-          "yolo12n-pst k=8"]
+          "yolo12n-pst k=8", "yolo11n-pst-res k=0", "yolo11n-pst-res k=8", "yolo26n", "yolo26n-pst k=0",
+          "yolo26n-pst k=8", "yolo26n-pst-res k=0", "yolo26n-pst-res k=8"]
 
 
 def run(*args, cwd):

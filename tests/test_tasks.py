@@ -1,8 +1,9 @@
-"""PST necks beyond the paper: segmentation, pose and oriented boxes (YOLO11 and YOLO12), with the stock CLI.
+"""PST models beyond the paper with the stock CLI: segmentation, pose and oriented boxes (YOLO11, YOLO12, YOLO26), the
+YOLO26 family with its end-to-end (NMS-free) heads, and the recommended residual-PST models (``pst_yolo.zoo``).
 
-Every task model builds by name at every scale; for each task the yolo11n model trains one epoch on the task's demo
-data with the stock ``yolo <task> train``, validates with fine attention off and on, predicts, exports to ONNX with
-fine attention and matches onnxruntime.
+Every task model builds by name at every scale; each model of ``CHAIN`` trains one epoch on its task's demo data with
+the stock ``yolo <task> train``, validates with fine attention off and on, predicts, exports to ONNX with fine
+attention and matches onnxruntime. YOLO26 PST models give outputs of the shape the stock YOLO26 model gives.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = ("segment", "pose", "obb")
 SUFFIX = {"segment": "seg", "pose": "pose", "obb": "obb"}
 IMGSZ = 96
+# (task, model) trained, validated, predicted and exported through the stock CLI: every task of the paper-layout
+# YOLO11 family, the recommended YOLO11 models, and every YOLO26 PST model (paper layout and recommended)
+CHAIN = [
+    *((t, f"yolo11n-{SUFFIX[t]}-pst.yaml") for t in TASKS),
+    *((t, f"yolo11n{'' if t == 'detect' else '-' + SUFFIX[t]}-pst-res.yaml") for t in ("detect", *TASKS)),
+    *((t, f"yolo26n{'' if t == 'detect' else '-' + SUFFIX[t]}-pst{res}.yaml") for t in ("detect", *TASKS)
+      for res in ("", "-res")),
+]
+HEADS = {"11": {"segment": "Segment", "pose": "Pose", "obb": "OBB"},
+         "12": {"segment": "Segment", "pose": "Pose", "obb": "OBB"},
+         "26": {"segment": "Segment26", "pose": "Pose26", "obb": "OBB26"}}
 
 
 def _cli(*args, cwd, env=None):
@@ -38,26 +50,50 @@ def _cli(*args, cwd, env=None):
     return p.stdout + p.stderr
 
 
-@pytest.mark.parametrize("version", ["11", "12"])
+@pytest.mark.parametrize("family", ["11", "11-res", "12", "26", "26-res"])
 @pytest.mark.parametrize("task", TASKS)
-def test_task_models_build_by_name_at_every_scale(task, version):
+def test_task_models_build_by_name_at_every_scale(task, family):
+    version, _, res = family.partition("-")
     for scale in "nslmx":
-        name = f"yolo{version}{scale}-{SUFFIX[task]}-pst.yaml"
+        name = f"yolo{version}{scale}-{SUFFIX[task]}-pst{'-res' if res else ''}.yaml"
         model = YOLO(name, verbose=False)
         assert model.task == task, name
         psts = [m for m in model.model.modules() if isinstance(m, PST)]
-        assert len(psts) == 2, name  # the two top-down fusions, as in the detection model
+        # the two top-down fusions, as in the detection model; the residual family: one PST, inside the P4 C3k2PST
+        assert len(psts) == (1 if res else 2), name
         head = type(model.model.model[-1]).__name__
-        assert head == {"segment": "Segment", "pose": "Pose", "obb": "OBB"}[task], (name, head)
+        assert head == HEADS[version][task], (name, head)
 
 
-@pytest.fixture(scope="module", params=TASKS)
+@pytest.mark.parametrize("task", ["detect", *TASKS])
+def test_yolo26_pst_outputs_have_the_stock_end_to_end_shape(task):
+    """yolo26n*-pst(-res): the stock YOLO26 end-to-end head, so eval outputs (NMS-free detections and the raw
+    branches) have exactly the stock model's structure and shapes."""
+    suffix = "" if task == "detect" else f"-{SUFFIX[task]}"
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    stock = YOLO(f"yolo26n{suffix}.yaml", verbose=False).model.eval()
+    want = [tuple(t.shape) for t in _flat(stock(x))]
+    for name in (f"yolo26n{suffix}-pst.yaml", f"yolo26n{suffix}-pst-res.yaml"):
+        model = YOLO(name, verbose=False).model.eval()
+        assert model.yaml["end2end"] and getattr(model.model[-1], "one2one_cv2", None) is not None, name
+        with torch.no_grad():
+            assert [tuple(t.shape) for t in _flat(model(x))] == want, name
+
+
+def _flat(out):
+    if torch.is_tensor(out):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []
+    return [t for o in items for t in _flat(o)]
+
+
+@pytest.fixture(scope="module", params=CHAIN, ids=lambda c: c[1])
 def trained(request, tmp_path_factory):
-    """(task, work dir, data YAML, last.pt): yolo11n-<task>-pst trained one epoch with the stock CLI."""
-    task = request.param
-    work = tmp_path_factory.mktemp(task)
+    """(task, work dir, data YAML, last.pt): the model trained one epoch with the stock CLI."""
+    task, name = request.param
+    work = tmp_path_factory.mktemp(name.replace(".yaml", ""))
     data = MAKERS[task](work / "data", n_train=16, n_val=6, imgsz=IMGSZ)
-    _cli(task, "train", f"model=yolo11n-{SUFFIX[task]}-pst.yaml", f"data={data}", "epochs=1", f"imgsz={IMGSZ}",
+    _cli(task, "train", f"model={name}", f"data={data}", "epochs=1", f"imgsz={IMGSZ}",
          "batch=8", "workers=0", "device=cpu", "plots=False", "mosaic=0", f"project={work / 'runs'}", "name=t",
          "exist_ok=True", cwd=work)
     last = work / "runs" / "t" / "weights" / "last.pt"
@@ -101,7 +137,8 @@ def test_task_exports_with_fine_attention_and_matches_onnxruntime(trained):
     _cli("export", "model=best.pt", "format=onnx", f"imgsz={IMGSZ}", cwd=case)
     f = case / "best.onnx"
     graph = onnx.load(str(f))
-    assert topk_values(graph) == [8, 8] and attention_problems(graph) == []
+    n_pst = sum(isinstance(m, PST) for m in YOLO(str(last)).model.modules())
+    assert topk_values(graph) == [8] * n_pst and attention_problems(graph) == []
     x = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
     sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x})

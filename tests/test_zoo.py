@@ -74,7 +74,7 @@ def test_name_resolves_to_file_and_scale(name, zoo):
         assert unified(name) == name, f"{name} must not be rewritten by Ultralytics' scale-stripping regex"
         assert "scales" not in d and not d.get("scale")
     psts = [m for m in model.model.modules() if isinstance(m, PST)]
-    assert len(psts) == (1 if entry.task == "classify" else 2)
+    assert len(psts) == entry.n_pst
 
 
 def test_every_table_1_and_3_row_and_the_s_rows_are_asserted():
@@ -155,6 +155,7 @@ def test_forward_train_eval_two_sizes_and_one_step(name, zoo):
 # One epoch through the stock trainer (training, EMA, validation in eval mode with fine attention, checkpointing).
 TRAINED = [
     "yolo11n-pst.yaml",
+    "yolo26n-cls-pst.yaml",
     "yolo12n-pst.yaml",
     "r18-pst.yaml",
     "yolo11n-cls-pst.yaml",
@@ -203,3 +204,63 @@ def test_one_epoch_stock_trainer(name, demo_data, tmp_path):
     assert any(isinstance(m, PST) for m in reloaded.model.modules())
     n_out = reloaded.model.model[-1]
     assert reloaded.task == entry.task and (entry.task == "detect" or n_out.linear.out_features == 3)
+
+
+def test_recommended_answers_every_family_and_task_with_a_shipped_model(zoo):
+    """``pst_yolo.zoo.recommended`` names a shipped YAML for every (family, task, scale) it answers, which builds with
+    the task's head and its PST layers; bad arguments are errors that name the argument."""
+    from pst_yolo.zoo import RECOMMENDED, recommended
+
+    assert recommended() == "yolo11n-pst-res.yaml"  # the default: YOLO11 detection at scale n
+    assert recommended(family="yolo26") == "yolo26n-pst-res.yaml"
+    assert recommended(family="yolo12") == "yolo12n-pst.yaml"  # no measured alternative to the paper's layout
+    for family, task in RECOMMENDED:
+        for scale in "nsmlx":
+            try:
+                name = recommended(task, scale, family)
+            except ValueError as e:
+                assert "scale must be one of" in str(e) and scale in "lx"  # -cls and yolo12 detect ship n, s, m
+                continue
+            assert name in BY_NAME or scale != "n", name
+            if scale == "n":
+                model = zoo(name)
+                assert model.task == task and any(isinstance(m, PST) for m in model.model.modules()), name
+    for bad, what in ((dict(family="yolo8"), "family"), (dict(task="depth"), "task"), (dict(scale="q"), "scale")):
+        with pytest.raises(ValueError, match=what):
+            recommended(**bad)
+
+
+@pytest.mark.parametrize("family", ["yolo11", "yolo26"])
+def test_recommended_model_starts_as_the_stock_model_it_extends(family):
+    """The residual-PST model loaded from a stock checkpoint (Ultralytics' own transfer, as pretrained= does) computes
+    exactly what the stock model computes: every stock tensor transfers and the PST branch starts at zero. A training
+    step then moves the PST branch (it gets gradients through its zero-initialised output BatchNorm)."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    from pst_yolo.modules import C3k2PST
+
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        stock = DetectionModel(f"{family}n.yaml", nc=3, verbose=False)
+        res = DetectionModel(f"{family}n-pst-res.yaml", nc=3, verbose=False)
+    for m in stock.modules():  # non-trivial BatchNorm statistics: every transferred tensor matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    res.load(stock, verbose=False)
+    stock_keys = set(stock.state_dict())
+    assert stock_keys <= set(res.state_dict())  # same names: C3k2PST keeps the stock C3k2's
+    assert all(torch.equal(res.state_dict()[k], v) for k, v in stock.state_dict().items())
+    x = torch.rand(2, 3, 96, 96)
+    stock.eval(), res.eval()
+    with torch.no_grad():
+        want, got = stock(x), res(x)
+    want, got = (w[0] if isinstance(w, (list, tuple)) else w for w in (want, got))
+    assert torch.equal(got, want)
+    res.train()
+    res.args = get_cfg()
+    loss, _ = res.loss(_loss_batch(res, "detect", 64))
+    loss.sum().backward()
+    pst = next(m for m in res.modules() if isinstance(m, C3k2PST)).pst
+    assert pst.cv2.bn.weight.grad.abs().sum() > 0
