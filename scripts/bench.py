@@ -63,12 +63,17 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory table")
     p.add_argument("--no-train", action="store_true", help="skip the training step table")
     p.add_argument("--no-psa", action="store_true", help="skip the PSA-alone sweep")
+    p.add_argument("--models", nargs="+", default=None, metavar="LABEL",
+                   help=f"measure only these rows (labels of MODELS: {', '.join(m[0] for m in MODELS)})")
     p.add_argument("--workdir", default="/tmp/pst-bench", help="where ONNX files go")
     p.add_argument("--mem-child", nargs=4, metavar=("ENGINE", "YAML", "TOPK", "SIZE|ONNX"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.sizes = a.sizes or ([320] if a.quick else [320, 640, 1280])
     a.runs = a.runs or (5 if a.quick else 20)
     a.threads = a.threads or os.cpu_count()
+    unknown = sorted(set(a.models or ()) - {m[0] for m in MODELS})
+    if unknown:
+        p.error(f"--models: unknown label(s) {unknown}")
     return a
 
 
@@ -504,6 +509,8 @@ def main(argv=None):
     os.chdir(args.workdir)
     notes, models, labels_yaml = [], {}, {}
     for label, yaml, topk, strategy in MODELS:
+        if args.models and label not in args.models:
+            continue
         m, why = build(yaml, topk)
         if m is None:
             notes.append(f"skipped {label}: {why}")

@@ -5,6 +5,8 @@
 - ``segment``, ``pose``, ``obb``: the shapes with polygons, rotated squares with corner keypoints, rotated rectangles
   and ellipses with oriented boxes (``pst_yolo.data.shapes``).
 - ``clutter``: a second detection set unlike the shapes: glyphs on cluttered, occluded scenes (``pst_yolo.data.clutter``).
+- ``photos``: a third detection set of real photographic pixels with many small (8-32 px) objects: coins, faces, a cat,
+  a cup and a motorcycle cut from the photographs bundled with scikit-image (``pst_yolo.data.photos``).
 
 Usage:
     python -m pst_yolo.data --out demo_data          # writes demo_data/<kind>/ for every kind above
@@ -15,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pst_yolo.data.clutter import GLYPHS, make_clutter_dataset
+from pst_yolo.data.photos import make_photo_dataset
 from pst_yolo.data.shapes import (
     CLASSES,
     make_classification_dataset,
@@ -26,7 +29,7 @@ from pst_yolo.data.shapes import (
 
 __all__ = [
     "CLASSES", "GLYPHS", "MAKERS", "make_classification_dataset", "make_clutter_dataset", "make_demo_data",
-    "make_detection_dataset", "make_obb_dataset", "make_pose_dataset", "make_segmentation_dataset",
+    "make_detection_dataset", "make_obb_dataset", "make_photo_dataset", "make_pose_dataset", "make_segmentation_dataset",
 ]
 # task -> generator of its demo data set (the data YAML, or the ImageFolder root for classification)
 MAKERS = {
@@ -36,6 +39,7 @@ MAKERS = {
     "pose": make_pose_dataset,
     "obb": make_obb_dataset,
     "clutter": make_clutter_dataset,
+    "photos": make_photo_dataset,
 }
 
 

@@ -38,8 +38,8 @@ def _photo_dir():
         path = importlib.resources.files("skimage.data")
     except ModuleNotFoundError:
         raise ModuleNotFoundError(
-            "pst-yolo: the real-photo data set cuts its objects from the photographs bundled with scikit-image; "
-            "install it with: pip install 'pst-yolo[photos]'"
+            "pst-yolo: the real-photo data set cuts its objects from the photographs bundled with scikit-image, a "
+            "pst-yolo dependency that is missing here: pip install scikit-image"
         ) from None
     return path
 
@@ -158,8 +158,8 @@ def _photo_image(rng, size: int):
 def make_photo_dataset(root, n_train=600, n_val=300, imgsz=160, seed=0):
     """Write the real-photo detection data set (many 8-32 px objects cut from real photographs); returns its data YAML.
 
-    Args: as :func:`pst_yolo.data.make_detection_dataset`. Needs scikit-image's bundled photographs
-    (``pip install 'pst-yolo[photos]'``); nothing is downloaded.
+    Args: as :func:`pst_yolo.data.make_detection_dataset`. Reads scikit-image's bundled photographs; nothing is
+    downloaded.
     """
     _sources()  # fail before any folder is written when scikit-image is missing
     params = dict(kind="photos", n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed)

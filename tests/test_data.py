@@ -1,0 +1,68 @@
+"""The generated data sets (``pst_yolo.data``): deterministic, offline, valid for Ultralytics, with the properties each
+one is made for; in particular the real-photo set of the accuracy study (small objects cut from real photographs)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pst_yolo.data import MAKERS, make_photo_dataset
+from pst_yolo.data.photos import CLASSES, SIZE_RANGE
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "data.yaml"):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("kind", sorted(MAKERS))
+def test_every_data_set_is_deterministic_and_valid_for_ultralytics(kind, tmp_path):
+    make = MAKERS[kind]
+    a = Path(make(tmp_path / "a", 6, 3, 64, seed=1))
+    b = Path(make(tmp_path / "b", 6, 3, 64, seed=1))
+    c = Path(make(tmp_path / "c", 6, 3, 64, seed=2))
+    root = lambda p: p.parent if p.suffix == ".yaml" else p  # noqa: E731  (classification: an ImageFolder)
+    assert _digest(root(a)) == _digest(root(b)) != _digest(root(c))
+    if kind == "classify":
+        return
+    from ultralytics.data.utils import check_det_dataset
+
+    info = check_det_dataset(str(a))
+    assert Path(info["train"]).is_dir() and len(list(Path(info["train"]).glob("*.png"))) == 6
+    for label in (root(a) / "labels").rglob("*.txt"):
+        rows = [list(map(float, line.split())) for line in label.read_text().splitlines()]
+        assert all(0 <= int(r[0]) < len(info["names"]) and all(0 <= v <= 1 for v in r[1:5]) for r in rows), label
+
+
+def test_photo_set_has_many_small_real_objects(tmp_path):
+    """Objects 8-32 px at 160 px (the P3 regime), several per image, every class present, backgrounds that differ."""
+    import cv2
+
+    data = Path(make_photo_dataset(tmp_path / "photos", n_train=40, n_val=10, imgsz=160, seed=0))
+    sizes, per_image, classes = [], [], set()
+    for label in (data.parent / "labels" / "train").glob("*.txt"):
+        rows = [list(map(float, line.split())) for line in label.read_text().splitlines()]
+        per_image.append(len(rows))
+        classes |= {int(r[0]) for r in rows}
+        sizes += [max(r[3], r[4]) * 160 for r in rows]
+    assert classes == set(range(len(CLASSES)))
+    assert np.mean(per_image) >= 5 and max(per_image) <= 12
+    lo, hi = SIZE_RANGE
+    assert lo - 1 <= np.percentile(sizes, 5) and np.percentile(sizes, 95) <= hi + 1 and np.median(sizes) < 24
+    images = [cv2.imread(str(p)) for p in sorted((data.parent / "images" / "train").glob("*.png"))[:8]]
+    assert len({round(float(im.mean()), 1) for im in images}) > 4  # varied photographic backgrounds
+
+
+def test_photo_set_reads_only_the_installed_package():
+    """No download: the photographs are files inside scikit-image's installed package (a pst-yolo dependency)."""
+    import pst_yolo.data.photos as photos
+
+    folder = Path(str(photos._photo_dir()))
+    assert folder.parts[-2:] == ("skimage", "data")
+    assert all((folder / n).is_file() for n in ("coins.png", "chelsea.png", "coffee.png", "lfw_subset.npy"))
