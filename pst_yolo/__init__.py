@@ -3,12 +3,14 @@
 Importing this package is cheap (no torch, no Ultralytics): the names below load on first use.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY = {
     "PST": "pst_yolo.modules",
     "PSTBlock": "pst_yolo.modules",
     "PyramidSparseAttention": "pst_yolo.modules",
+    "C3k2PST": "pst_yolo.modules",
+    "recommended": "pst_yolo.zoo",
     "set_topk": "pst_yolo.runtime",
     "register": "pst_yolo.integration",
     "attention": "pst_yolo.attention",

@@ -248,6 +248,45 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_table(results: dict) -> str:
+    """Several comparisons side by side (one column per data set), as Markdown: per model and k the mean ± std over
+    seeds, the ratio to that data set's baseline, and the mean of the ratios.
+
+    Args:
+        results (dict): data set name -> ``compare()``'s result (or a folder holding its results.json).
+    """
+    loaded = {name: json.loads((Path(r) / "results.json").read_text()) if not isinstance(r, dict) else r
+              for name, r in results.items()}
+    cells, order = {}, []
+    for name, result in loaded.items():
+        rows = summary_rows(result)
+        base = next((statistics.fmean(r["m1"]) for r in rows if r["model"] == result["baseline"] and r["k"] is None),
+                    None)
+        for r in rows:
+            key = (r["model"], r["k"])
+            if key not in order:
+                order.append(key)
+            mean, sd = _stats(r["m1"])
+            cells[key, name] = (mean, sd, len(r["m1"]), mean / base if base else None)
+    names = list(loaded)
+    metric = METRIC_NAMES[next(iter(loaded.values()))["task"]][0]
+    head = " | ".join(f"{n}: {metric} (seeds) | ratio" for n in names)
+    lines = [f"| model | fine attention | {head} | mean ratio |", "|---|---|" + "---:|---:|" * len(names) + "---:|"]
+    for model, k in order:
+        row, ratios = [], []
+        for n in names:
+            c = cells.get(((model, k), n))
+            if c is None:
+                row += ["", ""]
+                continue
+            row += [f"{c[0]:.4f} ± {c[1]:.4f} ({c[2]})", "" if c[3] is None else f"{c[3]:.2f}"]
+            ratios.append(c[3])
+        fine = "-" if k is None else ("off (k=0)" if k == 0 else f"on (k={k})")
+        mean_ratio = f"{statistics.fmean(ratios):.3f}" if ratios and None not in ratios and len(ratios) == len(names) else ""
+        lines.append(f"| {model} | {fine} | " + " | ".join(row) + f" | {mean_ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_curves(result: dict, path: Path) -> dict:
     """Learning curves (validation metric per epoch): per model the mean over seeds and a min..max band.
 

@@ -219,7 +219,7 @@ def scores_to_float32(graph) -> int:
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    producers, users, consts = _producers(graph), _consumers(graph), _constants(graph)
+    users, consts = _consumers(graph), _constants(graph)
     f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
     retyped, new_nodes, copies, casts = set(), [], {}, {}
 
@@ -306,6 +306,73 @@ def fix_fp16_onnx(path) -> dict:
     if changed["scores_fp32"] or changed["reordered"]:
         onnx.save(model, str(path))
     return changed
+
+
+def exported_op_counts(path, fmt: str) -> dict | None:
+    """Op (or layer) counts of a file ``yolo export format=fmt`` wrote (None for a format not readable here:
+    ExecuTorch's .pte). Reads the ONNX graph (onnx; mnn: the ONNX file beside it), the NCNN param file (a Reduction
+    with ``0=4`` counts as ReduceMax), OpenVINO's XML, the CoreML ML program, a TFLite flat buffer (tflite;
+    saved_model: its float32 .tflite), the PaddlePaddle PIR program and TorchScript's graph."""
+    path = Path(path)
+    if fmt in ("onnx", "mnn"):  # MNN converts the ONNX file written next to it
+        import onnx
+
+        return Counter(n.op_type for n in onnx.load(str(path.with_suffix(".onnx"))).graph.node)
+    if fmt == "ncnn":  # layer type first on each line; a Reduction's "0=4" is max
+        layers = [ln.split() for ln in (path / "model.ncnn.param").read_text().splitlines()[2:] if ln.strip()]
+        counts = Counter(parts[0] for parts in layers)
+        counts["ReduceMax"] = sum(parts[0] == "Reduction" and "0=4" in parts for parts in layers)
+        return counts
+    if fmt == "openvino":
+        xml = next(path.glob("*.xml")).read_text()
+        return Counter(re.findall(r'type="([A-Za-z]+)"', xml))
+    if fmt == "coreml":
+        import coremltools as ct
+
+        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+        counts = Counter()
+
+        def walk(block):
+            for op in block.operations:
+                counts[op.type] += 1
+                for b in op.blocks:
+                    walk(b)
+
+        for fn in spec.mlProgram.functions.values():
+            for block in fn.block_specializations.values():
+                walk(block)
+        return counts
+    if fmt == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Counter(op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details())
+    if fmt == "saved_model":
+        from ai_edge_litert.interpreter import Interpreter
+
+        lite = next(path.glob("*_float32.tflite"))
+        return Counter(op["op_name"] for op in Interpreter(model_path=str(lite))._get_ops_details())
+    if fmt == "paddle":
+        text = next(path.rglob("*.json")).read_text()  # PIR program: ops are named "1.<op>"
+        return Counter(re.findall(r'"1\.([a-z_0-9]+)"', text))
+    if fmt == "torchscript":
+        import torch
+
+        return Counter(n.kind() for n in torch.jit.load(str(path)).inlined_graph.nodes())
+    return None
+
+
+def fine_attention_summary(ops: dict) -> str:
+    """Which form of the fine branch (``pst_yolo.formats``) an op count shows: TopK/Gather (graph), max-and-mask
+    rounds (portable) or neither (coarse only)."""
+    lower = {k.lower(): v for k, v in ops.items()}
+    topk = sum(v for k, v in lower.items() if "topk" in k)
+    gather = sum(v for k, v in lower.items() if "gather" in k)
+    rmax = sum(v for k, v in lower.items() if any(t in k for t in ("reducemax", "reduce_max", "amax", "argmax")))
+    if topk:
+        return f"graph: TopK x{topk}, Gather x{gather}"
+    if rmax:
+        return f"portable: max-and-mask x{rmax}"
+    return "none (coarse only)"
 
 
 def summary(path) -> str:

@@ -4,6 +4,7 @@
     python scripts/compare.py yolo11n.yaml yolo11n-pst.yaml yolo12n.yaml                  # demo data, 25 epochs, seed 0
     python scripts/compare.py yolo11n.yaml yolo11n-pst.yaml --seeds 0 1 --epochs 100 --jobs 2
     python scripts/compare.py yolo11n.yaml yolo11n-pst.yaml --data my.yaml --imgsz 640 --device 0 --train close_mosaic=10
+    python scripts/compare.py --summarize demo=runs/cmp-demo photos=runs/cmp-photos   # finished runs side by side
 
 Writes <out>/table.md (mean ± std over seeds, per-seed values, ratio to the first model without PST), curves.png
 (validation metric per epoch, mean and min..max band per model) and results.json; prints the table.
@@ -21,7 +22,9 @@ set_offline_env()
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="model YAML names or paths")
+    ap.add_argument("models", nargs="*", help="model YAML names or paths")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="NAME=OUT",
+                    help="print finished comparisons side by side (one column per data set) and exit")
     ap.add_argument("--data", default=None, help="data YAML or classification folder (default: built-in demo data)")
     ap.add_argument("--val-data", default=None, help="evaluate the final weights on this data YAML's val split")
     ap.add_argument("--epochs", type=int, default=25)
@@ -37,7 +40,13 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/compare")
     args = ap.parse_args(argv)
 
-    from pst_yolo.compare import compare, markdown_table, parse_train_args
+    from pst_yolo.compare import compare, markdown_table, parse_train_args, summary_table
+
+    if args.summarize:
+        print(summary_table(dict(item.split("=", 1) for item in args.summarize)))
+        return
+    if not args.models:
+        ap.error("give the models to compare (or --summarize NAME=OUT ...)")
 
     seed_fonts()  # Ultralytics' dataset check would look for its plot font online otherwise
 

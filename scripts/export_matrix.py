@@ -93,79 +93,18 @@ def size_mb(path: Path) -> float:
 
 # ------------------------------------------------------------------------------------ what the exported file carries
 def fine_ops(path: Path, fmt: str) -> str:
-    """The fine-attention ops found in an exported file: TopK/Gather (graph form), max-and-mask rounds (portable form),
-    or none; "-" for a file this script cannot read."""
+    """The fine-attention ops found in an exported file (``pst_yolo.export.exported_op_counts``)."""
+    from pst_yolo.export import exported_op_counts, fine_attention_summary
+
     try:
-        ops = _op_counts(path, fmt)
+        ops = exported_op_counts(path, fmt)
     except Exception as e:  # an inspector's own dependency missing: say so, do not guess
         return f"not inspected ({type(e).__name__})"
     if ops is None:  # a file format this script cannot open (ExecuTorch's .pte): the form it was traced in
         from pst_yolo.formats import form_for
 
         return f"{form_for(fmt)[0]} (traced form; file not inspected)"
-    lower = {k.lower(): v for k, v in ops.items()}
-    topk = sum(v for k, v in lower.items() if "topk" in k)
-    gather = sum(v for k, v in lower.items() if "gather" in k)
-    rmax = sum(v for k, v in lower.items() if any(t in k for t in ("reducemax", "reduce_max", "amax", "argmax")))
-    if topk:
-        return f"graph: TopK x{topk}, Gather x{gather}"
-    if rmax:
-        return f"portable: max-and-mask x{rmax}"
-    return "none (coarse only)"
-
-
-def _op_counts(path: Path, fmt: str) -> dict | None:
-    from collections import Counter
-
-    if fmt in ("onnx", "mnn"):  # MNN converts the ONNX file written next to it
-        import onnx
-
-        return Counter(n.op_type for n in onnx.load(str(path.with_suffix(".onnx"))).graph.node)
-    if fmt == "ncnn":  # layer type first on each line; a Reduction's "0=4" is max
-        layers = [ln.split() for ln in (path / "model.ncnn.param").read_text().splitlines()[2:] if ln.strip()]
-        counts = Counter(parts[0] for parts in layers)
-        counts["ReduceMax"] = sum(parts[0] == "Reduction" and "0=4" in parts for parts in layers)
-        return counts
-    if fmt == "openvino":
-        import re
-
-        xml = next(path.glob("*.xml")).read_text()
-        return Counter(re.findall(r'type="([A-Za-z]+)"', xml))
-    if fmt == "coreml":
-        import coremltools as ct
-
-        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-        counts = Counter()
-
-        def walk(block):
-            for op in block.operations:
-                counts[op.type] += 1
-                for b in op.blocks:
-                    walk(b)
-
-        for fn in spec.mlProgram.functions.values():
-            for block in fn.block_specializations.values():
-                walk(block)
-        return counts
-    if fmt == "tflite":
-        from ai_edge_litert.interpreter import Interpreter
-
-        return Counter(op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details())
-    if fmt == "saved_model":
-        from ai_edge_litert.interpreter import Interpreter
-
-        lite = next(path.glob("*_float32.tflite"))
-        return Counter(op["op_name"] for op in Interpreter(model_path=str(lite))._get_ops_details())
-    if fmt == "paddle":
-        import re
-
-        text = next(path.rglob("*.json")).read_text()  # PIR program: ops are named "1.<op>"
-        return Counter(re.findall(r'"1\.([a-z_0-9]+)"', text))
-    if fmt == "torchscript":
-        import torch
-
-        return Counter(n.kind() for n in torch.jit.load(str(path)).inlined_graph.nodes())
-    return None
+    return fine_attention_summary(ops)
 
 
 # ------------------------------------------------------------------------------------------------ validation worker
@@ -201,7 +140,8 @@ def worker(args) -> None:
         x = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)))[None].float() / 255  # contiguous: NCNN,
         # MNN and ExecuTorch read the raw buffer
         y = backend(x)
-        y = y[0] if isinstance(y, (list, tuple)) else y
+        while isinstance(y, (list, tuple, dict)):  # the predictions (segmentation: + mask protos; .pt: + raw maps)
+            y = next(iter(y.values())) if isinstance(y, dict) else y[0]
         outs.append(np.asarray(y.detach() if torch.is_tensor(y) else y, dtype=np.float32))
     np.save(args.raw, np.stack(outs))
     print("RESULT " + json.dumps(result))

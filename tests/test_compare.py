@@ -70,3 +70,18 @@ def test_table_reports_mean_std_and_ratio_to_baseline():
     assert "| stock | - | 0.2500 ± 0.0707 | 0.4500 ± 0.0707 | 0.2000, 0.3000 | 1.00 |" in table
     assert "| pst | on (k=8) | 0.2500 ± 0.0424 | 0.4500 ± 0.0424 | 0.2200, 0.2800 | 1.00 |" in table
     assert "seeds [0, 1]" in table
+
+
+def test_summary_puts_data_sets_side_by_side_with_each_baseline(tmp_path):
+    from pst_yolo.compare import summary_table
+
+    def result(stock, pst8):
+        return {"task": "detect", "models": ["stock", "pst"], "baseline": "stock",
+                "runs": [{"label": "stock", "seed": s, "metrics": {"None": [v, 0.0]}} for s, v in enumerate(stock)]
+                + [{"label": "pst", "seed": s, "metrics": {"8": [v, 0.0]}} for s, v in enumerate(pst8)]}
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.json").write_text(json.dumps(result([0.4, 0.6], [0.45, 0.55])))
+    table = summary_table({"a": result([0.2, 0.2, 0.2], [0.22, 0.20, 0.24]), "b": tmp_path / "b"})
+    assert "| stock | - | 0.2000 ± 0.0000 (3) | 1.00 | 0.5000 ± 0.1414 (2) | 1.00 | 1.000 |" in table
+    assert "| pst | on (k=8) | 0.2200 ± 0.0200 (3) | 1.10 | 0.5000 ± 0.0707 (2) | 1.00 | 1.050 |" in table

@@ -26,6 +26,7 @@ from ultralytics import YOLO  # noqa: E402
 
 from pst_yolo.compare import yolo_command  # noqa: E402
 from pst_yolo.data import make_detection_dataset  # noqa: E402
+from pst_yolo.export import exported_op_counts  # noqa: E402
 from pst_yolo.modules import PyramidSparseAttention  # noqa: E402
 from pst_yolo.runtime import set_topk  # noqa: E402
 
@@ -109,7 +110,7 @@ def test_k8_export_validates_like_pytorch(trained, fmt):
     ckpt, _, data, work = trained
     path = _export(ckpt, fmt, 8, work / f"val-{fmt}")
     if fmt == "ncnn":  # every op converted: a torch.* layer left in the param file would not load in NCNN
-        layers = {ln.split()[0] for ln in (path / "model.ncnn.param").read_text().splitlines()[2:] if ln.strip()}
+        layers = exported_op_counts(path, "ncnn")
         assert not [t for t in layers if t.startswith(("torch.", "Tensor.", "F.", "pnnx."))], sorted(layers)
     model = YOLO(str(ckpt))
     set_topk(model, 8)
@@ -136,32 +137,12 @@ def test_export_computes_fine_attention(trained, fmt):
     assert np.abs(got0 - pt0).max() < 0.5 * gap
 
 
-def _mil_ops(path):
-    import collections
-
-    import coremltools as ct
-
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    counts = collections.Counter()
-
-    def walk(block):
-        for op in block.operations:
-            counts[op.type] += 1
-            for b in op.blocks:
-                walk(b)
-
-    for fn in spec.mlProgram.functions.values():
-        for block in fn.block_specializations.values():
-            walk(block)
-    return counts
-
-
 def test_coreml_program_carries_fine_attention(trained):
     """CoreML (no runtime on Linux): the k=8 program holds the portable fine branch (two reduce_max per round and PST
     layer, no gather, no integer ops), the k=0 program none of it."""
     ckpt, _, _, work = trained
-    ops8 = _mil_ops(_export(ckpt, "coreml", 8, work / "coreml-8"))
-    ops0 = _mil_ops(_export(ckpt, "coreml", 0, work / "coreml-0"))
+    ops8 = exported_op_counts(_export(ckpt, "coreml", 8, work / "coreml-8"), "coreml")
+    ops0 = exported_op_counts(_export(ckpt, "coreml", 0, work / "coreml-0"), "coreml")
     assert ops8["reduce_max"] == 2 * 8 * 2  # 2 PST layers x 8 rounds x (max, lowest index holding it)
     assert ops0["reduce_max"] == 0
     assert not [op for op in ops8 if "gather" in op or "topk" in op or "argsort" in op], sorted(ops8)
