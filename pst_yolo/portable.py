@@ -70,7 +70,9 @@ def select_onehot(scores: torch.Tensor, topk: int, threshold: float):
         above (torch.Tensor): (B, heads, k) float, 1 where the chosen score is above the threshold.
     """
     (m,) = static(scores.shape[-1])
-    # M - j: the largest for the lowest index, exact integers in float16 up to M = 2048 (a 1280 px P4 map is 1600)
+    # M - j: the largest for the lowest index. Exact in float32; a runtime that computes in float16 (NCNN's fp16
+    # storage, a CoreML/LiteRT fp16 model) holds integers exactly up to 2048 (a 640 px P3 fusion has M = 1600, at
+    # 1280 px M = 6400): above that, two maxima tied to the last bit at neighbouring indices could both be taken.
     rank = constant(np.arange(m, 0, -1), scores)
     s, hots, tops = scores, [], []
     for _ in range(int(topk)):
