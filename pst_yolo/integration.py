@@ -207,17 +207,19 @@ def on_export_start(exporter) -> None:
     """Static-shape exports trace PSA in query chunks (the input size is fixed, so the chunk bounds may be); the
     format decides the form of the fine branch (``pst_yolo.formats``)."""
     from pst_yolo.formats import form_for, set_form
-    from pst_yolo.offline import TF_FORMATS, seed_onnx2tf_calibration
+    from pst_yolo.offline import TF_FORMATS, block_mnn_telemetry, seed_onnx2tf_calibration
     from pst_yolo.scoring import set_static_export
+    from ultralytics.utils import LOGGER
 
     set_static_export(not getattr(exporter.args, "dynamic", False))
     fmt = getattr(exporter.args, "format", None)
     set_form(*form_for(fmt), fmt)
+    if fmt == "mnn" and block_mnn_telemetry():
+        LOGGER.info("pst-yolo: MNN's converter runs without its usage logger (it would pip-install "
+                    "aliyun-log-python-sdk, downgrading protobuf, and post usage logs; pst_yolo.offline)")
     if fmt in TF_FORMATS:
         written = seed_onnx2tf_calibration()
         if written is not None:
-            from ultralytics.utils import LOGGER
-
             LOGGER.info(f"pst-yolo: wrote {written} (onnx2tf's calibration sample, generated locally: Ultralytics "
                          "would download it for every TensorFlow export)")
 

@@ -14,6 +14,13 @@ checks with an audit hook that nothing tries to connect.
 A third fetch happens in every TensorFlow export (SavedModel, GraphDef, Edge TPU, TF.js): Ultralytics downloads
 onnx2tf's sample calibration images into the working directory, even for a float32 export that never reads them.
 pst-yolo's export callback writes :func:`seed_onnx2tf_calibration`'s local file there first (``pst_yolo.integration``).
+
+A fourth comes with MNN: importing its converter (``MNN.tools.mnnconvert``, which every MNN export does) imports a
+usage logger that, when ``aliyun-log-python-sdk`` is missing, runs ``pip install -U aliyun-log-python-sdk`` with
+whatever ``pip`` is first on PATH, then posts usage logs to Alibaba Cloud. That package pins ``protobuf<6``, so in an
+activated environment the install silently downgrades protobuf below what onnx >= 1.19 was built against and every
+later ONNX export in that environment fails. The converter treats the logger as optional (a failed import leaves it
+``None``), so :func:`block_mnn_telemetry` makes that import fail; the export callback calls it for MNN exports.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ FONTS = ("Arial.ttf", "Arial.Unicode.ttf")  # the names ultralytics.utils.checks
 ONNX2TF_CALIBRATION = "calibration_image_sample_data_20x128x128x3_float32.npy"
 TF_FORMATS = ("saved_model", "pb", "edgetpu", "tfjs")
 ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
+MNN_TELEMETRY = "MNN.tools.utils.log"  # imported (optionally) by MNN.tools.mnnconvert and MNN.tools.mnnquant
 
 
 def set_offline_env() -> None:
@@ -85,6 +93,19 @@ def seed_onnx2tf_calibration(folder=".") -> Path | None:
     images = np.stack([detection_image(rng, 128)[0][..., ::-1] for _ in range(20)]).astype(np.float32) / 255.0
     np.save(target, images)
     return target
+
+
+def block_mnn_telemetry() -> bool:
+    """Make ``import MNN.tools.utils.log`` fail in this process (``sys.modules`` entry None), so MNN's converter runs
+    without its logger instead of pip-installing one and posting usage logs. Returns True the first time it takes
+    effect, False if it was blocked already or the logger had been imported before (then it is left alone).
+    """
+    import sys
+
+    if MNN_TELEMETRY in sys.modules:
+        return False
+    sys.modules[MNN_TELEMETRY] = None
+    return True
 
 
 def main():

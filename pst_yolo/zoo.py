@@ -103,6 +103,8 @@ RECOMMENDED = {
     ("yolo26", "obb"): "yolo26{s}-obb-pst-res.yaml",
     ("yolo26", "classify"): "yolo26{s}-cls-pst.yaml",
 }
+
+
 def recommended(task: str = "detect", scale: str = "n", family: str = "yolo11") -> str:
     """The YAML name to train for a PST model of ``family`` (yolo11, yolo12, yolo26), ``task`` and ``scale``.
 

@@ -137,6 +137,25 @@ def test_export_computes_fine_attention(trained, fmt):
     assert np.abs(got0 - pt0).max() < 0.5 * gap
 
 
+def test_mnn_export_runs_no_pip(trained, tmp_path):
+    """MNN's converter would run `pip install -U aliyun-log-python-sdk` (protobuf < 6: breaks onnx) on import; the
+    export callback blocks its logger (pst_yolo.offline.block_mnn_telemetry). A `pip` first on PATH records calls."""
+    ckpt, _, _, _ = trained
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    calls = tmp_path / "pip-calls.txt"
+    for name in ("pip", "pip3"):
+        (shim / name).write_text(f'#!/bin/sh\necho "$0 $*" >> "{calls}"\nexit 1\n')
+        (shim / name).chmod(0o755)
+    w = tmp_path / "model.pt"
+    shutil.copy(ckpt, w)
+    out = _cli("export", f"model={w}", "format=mnn", f"imgsz={IMGSZ}", cwd=tmp_path,
+               env={"PATH": f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"})
+    assert (tmp_path / "model.mnn").exists()
+    assert not calls.exists(), calls.read_text()
+    assert "runs without its usage logger" in out
+
+
 def test_coreml_program_carries_fine_attention(trained):
     """CoreML (no runtime on Linux): the k=8 program holds the portable fine branch (two reduce_max per round and PST
     layer, no gather, no integer ops), the k=0 program none of it."""
