@@ -19,16 +19,18 @@ from pst_yolo import portable
 from pst_yolo.attention import attention, in_export, log_once, resolve_backend
 from pst_yolo.formats import coarse_reason, current_form
 from pst_yolo.linear_attention import linear_attention
-from pst_yolo.scoring import coarse_attention
+from pst_yolo.scoring import coarse_attention, coarse_scores
 from pst_yolo.selection import select_fine_tokens
 from pst_yolo.switches import (
     CPE_MODES,
+    ENV_TRAIN_TOPK,
     INIT_KINDS,
     check_choice,
     check_layer_scale,
     check_switches,
     check_topk,
     env_topk,
+    env_train_topk,
 )
 
 HEAD_DIM = 32
@@ -91,6 +93,7 @@ class PyramidSparseAttention(nn.Module):
     # Class-level defaults of the switches: checkpoints pickled before a switch existed load with the behaviour they
     # were trained with (pst-yolo 0.1 upsampled the CPE with "nearest").
     gating, shared_kv, attn, cpe = False, True, "softmax", "nearest"
+    train_topk = 0  # fine attention in training forwards (PST_TRAIN_TOPK; 0: coarse-only training, the paper's)
 
     def __init__(
         self,
@@ -111,6 +114,7 @@ class PyramidSparseAttention(nn.Module):
         self.backend = None if backend is None else resolve_backend(backend)
         env = env_topk()
         self.topk = check_topk(topk) if env is None else env
+        self.train_topk = env_train_topk()
         self.q = Conv(c, c, 1, act=False)
         self.k = Conv(c, c, 1, act=False)
         self.v = Conv(c, c, 1, act=False)
@@ -137,11 +141,14 @@ class PyramidSparseAttention(nn.Module):
         )
 
     def __setstate__(self, state):
-        """Unpickling a checkpoint re-applies ``PST_TOPK`` so ``PST_TOPK=0 yolo val model=best.pt`` works."""
+        """Unpickling a checkpoint re-applies ``PST_TOPK`` so ``PST_TOPK=0 yolo val model=best.pt`` works (and
+        ``PST_TRAIN_TOPK``, if set, so fine-tuning from a checkpoint can train the fine branch)."""
         super().__setstate__(state)
         env = env_topk()
         if env is not None:
             self.topk = env
+        if os.environ.get(ENV_TRAIN_TOPK, "").strip():
+            self.train_topk = env_train_topk()
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, heads, H*W, head_dim), contiguous: every kernel and the fine branch read it so."""
@@ -165,6 +172,11 @@ class PyramidSparseAttention(nn.Module):
         elif self.topk > 0 and not self.training and not self._coarse_export():
             out, scores = coarse_attention(q, k, v, self.scale, self.backend)
             fine = self.fine(x, q, scores, tuple(u.shape[-2:]))
+        elif self.training and self.train_topk > 0:
+            out = coarse_attention(q, k, v, self.scale, self.backend, scores=False)[0]
+            with torch.no_grad():  # the selection is not differentiable; the fine attention over it is
+                scores = coarse_scores(q, k, self.scale)
+            fine = self.fine(x, q, scores, tuple(u.shape[-2:]), self.train_topk)
         else:
             out = coarse_attention(q, k, v, self.scale, self.backend, scores=False)[0]
         return self.fuse_outputs(out, fine, v_map, b, h, w)
@@ -178,8 +190,9 @@ class PyramidSparseAttention(nn.Module):
                  f"{coarse_reason()}", level=30)
         return True
 
-    def fine(self, x, q, scores, coarse_hw) -> torch.Tensor:
-        """Sparse fine attention of every query over the 2x2 blocks of the top-k coarse keys; (B, heads, N, head_dim).
+    def fine(self, x, q, scores, coarse_hw, topk: int | None = None) -> torch.Tensor:
+        """Sparse fine attention of every query over the 2x2 blocks of the top-k coarse keys (``topk``, default
+        ``self.topk``); (B, heads, N, head_dim).
 
         ``scores`` (B, heads, M) are the selection scores on the coarse grid ``coarse_hw``. Tokens that are not refined
         (below the threshold, clipped at an odd border) are masked; their values are zeroed too, so a (batch, head)
@@ -187,8 +200,9 @@ class PyramidSparseAttention(nn.Module):
         without TopK/Gather trace the same computation in ``pst_yolo.portable``'s ops.
         """
         h, w = x.shape[-2:]
+        topk = self.topk if topk is None else topk
         if in_export() and current_form() == "portable":
-            onehot, above = portable.select_onehot(scores, self.topk, self.threshold)
+            onehot, above = portable.select_onehot(scores, topk, self.threshold)
             hot, inside = portable.block_onehot(onehot, coarse_hw, (h, w))
             hot = hot if hot.dtype == x.dtype else hot.to(x.dtype)
             # K/V convs over the whole finer map, then one-hot gathers: per-head weights in a batched MatMul are
@@ -197,7 +211,7 @@ class PyramidSparseAttention(nn.Module):
             kf, vf = hot @ self._heads(k(x)), hot @ self._heads(v(x))
             valid = inside * torch.cat([above] * 4, dim=-1)  # tokens are offset-major: [o * k, (o + 1) * k)
             return portable.masked_attention(q, kf, vf, valid.to(q.dtype), self.scale)
-        index, valid = select_fine_tokens(scores, self.topk, self.threshold, coarse_hw[1], h, w)
+        index, valid = select_fine_tokens(scores, topk, self.threshold, coarse_hw[1], h, w)
         kf, vf = self._project_fine(self._gather(x, index))
         vf = torch.where(valid.unsqueeze(-1), vf, 0.0)
         # Half of finfo.min: finite after adding any logit (finfo.min plus a negative fp16 logit overflows to -inf, and

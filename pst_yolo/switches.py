@@ -131,3 +131,18 @@ def env_topk() -> int | None:
     if raw is None or raw.strip() == "":
         return None
     return check_topk(raw, source=f"environment variable {ENV_TOPK}")
+
+
+ENV_TRAIN_TOPK = "PST_TRAIN_TOPK"
+
+
+def env_train_topk() -> int:
+    """``PST_TRAIN_TOPK``: train with fine attention at this k (0 or unset: coarse-only training, the paper's).
+
+    An accuracy-study switch: the paper trains coarse-only and turns the fine branch on at inference untrained;
+    with k > 0 the training forward adds it too, so what inference switches on has been trained.
+    """
+    raw = os.environ.get(ENV_TRAIN_TOPK)
+    if raw is None or raw.strip() == "":
+        return 0
+    return check_topk(raw, source=f"environment variable {ENV_TRAIN_TOPK}")

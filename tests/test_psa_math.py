@@ -108,6 +108,34 @@ def test_train_mode_ignores_k_and_eval_k0_is_train_math():
     assert torch.equal(eval_k8_a, eval_k8_b)  # and deterministically
 
 
+def test_train_topk_trains_what_eval_k_computes(monkeypatch):
+    """PST_TRAIN_TOPK=k: the training forward adds the fine branch (the eval-mode k forward's math, BN statistics
+    aside) and gradients reach the projections through it; unset, training stays coarse-only."""
+    monkeypatch.setenv("PST_TRAIN_TOPK", "4")
+    pst = randomize(PST(64, 64, 64, k=4)).double()
+    assert {m.train_topk for m in pst.modules() if isinstance(m, PyramidSparseAttention)} == {4}
+    x, u = torch.randn(2, 64, 10, 10, dtype=torch.float64), torch.randn(2, 64, 5, 5, dtype=torch.float64)
+    _train_mode_attention_eval_bn(pst)
+    train_fine = pst([x, u])
+    pst.eval()
+    with torch.no_grad():
+        eval_k4 = pst([x, u])
+    torch.testing.assert_close(train_fine.detach(), eval_k4, rtol=0, atol=1e-12)
+    for m in pst.modules():
+        if isinstance(m, PyramidSparseAttention):
+            m.train_topk = 0
+    with torch.no_grad():
+        train_coarse = _train_mode_attention_eval_bn(pst)([x, u])
+    assert (train_fine.detach() - train_coarse).abs().max() > 1e-3
+    train_fine.square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in pst.parameters() if p.grad is not None)
+    monkeypatch.delenv("PST_TRAIN_TOPK")
+    assert {m.train_topk for m in PST(64, 64, 64).modules() if isinstance(m, PyramidSparseAttention)} == {0}
+    monkeypatch.setenv("PST_TRAIN_TOPK", "-1")
+    with pytest.raises(ValueError, match="environment variable PST_TRAIN_TOPK"):
+        PST(64, 64, 64)
+
+
 def test_gradients_flow_in_training():
     pst = PST(64, 128, 64, n=2).train()
     x, u = torch.randn(2, 64, 8, 8, requires_grad=True), torch.randn(2, 128, 4, 4, requires_grad=True)
