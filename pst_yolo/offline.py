@@ -18,7 +18,7 @@ pst-yolo's export callback writes :func:`seed_onnx2tf_calibration`'s local file 
 A fourth comes with MNN: importing its converter (``MNN.tools.mnnconvert``, which every MNN export does) imports a
 usage logger that, when ``aliyun-log-python-sdk`` is missing, runs ``pip install -U aliyun-log-python-sdk`` with
 whatever ``pip`` is first on PATH, then posts usage logs to Alibaba Cloud. That package pins ``protobuf<6``, so in an
-activated environment the install silently downgrades protobuf below what onnx >= 1.19 was built against and every
+activated environment the install silently downgrades protobuf below what onnx 1.23 was built against (6.31) and every
 later ONNX export in that environment fails. The converter treats the logger as optional (a failed import leaves it
 ``None``), so :func:`block_mnn_telemetry` makes that import fail; the export callback calls it for MNN exports.
 """
