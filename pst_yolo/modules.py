@@ -27,6 +27,7 @@ from pst_yolo.switches import (
     INIT_KINDS,
     check_choice,
     check_layer_scale,
+    check_residual_init,
     check_switches,
     check_topk,
     env_topk,
@@ -471,7 +472,8 @@ class C3k2PST(nn.Module):
     use it at the P4 fusion (docs/accuracy.md).
 
     YAML row: ``[[finer, coarser], n, C3k2PST, [c2, c3k, e, {PST args}]]``; ``n`` is the C3k2 repeat count (depth
-    scaled), c3k is forced on at the m/l/x scales as for a stock C3k2, PST args as for a PST row (``pst_yolo.switches``).
+    scaled), c3k is forced on at the m/l/x scales as for a stock C3k2, PST args as for a PST row (``pst_yolo.switches``)
+    plus ``residual_init``.
 
     Args:
         c1 (int): Channels of the finer input x (B, c1, H, W).
@@ -481,6 +483,9 @@ class C3k2PST(nn.Module):
         c3k (bool): C3k blocks inside the C3k2 (as Ultralytics' ``C3k2``).
         e (float): C3k2 hidden ratio.
         pst (dict | None): Keyword arguments of the residual ``PST(c2, c_up, c2, **pst)``.
+        residual_init (float): Initial weight of the PST's output BatchNorm. 0 (default) starts the block as the stock
+            C3k2; a positive value starts the branch active (a study probe: at the CPU budgets of docs/accuracy.md a
+            zero-started branch stays near zero, and one started at 0.3 or 1.0 did not score better).
 
     Examples:
         >>> m = C3k2PST(192, 256, 128).eval()
@@ -488,14 +493,15 @@ class C3k2PST(nn.Module):
         torch.Size([1, 128, 40, 40])
     """
 
-    def __init__(self, c1, c_up, c2, n=1, c3k=False, e=0.5, pst=None):
+    def __init__(self, c1, c_up, c2, n=1, c3k=False, e=0.5, pst=None, residual_init=0.0):
         super().__init__()
         from ultralytics.nn.modules.block import C3k2
 
+        residual_init = check_residual_init(residual_init, "C3k2PST")  # a YAML row is checked, with its index, earlier
         stock = C3k2(c1, c2, n, c3k, e)
         self.c, self.cv1, self.cv2, self.m = stock.c, stock.cv1, stock.cv2, stock.m  # the stock parameter names
         self.pst = PST(c2, c_up, c2, **(pst or {}))
-        nn.init.zeros_(self.pst.cv2.bn.weight)  # the residual branch starts at exactly 0
+        nn.init.constant_(self.pst.cv2.bn.weight, residual_init)  # 0: the residual branch starts at exactly 0
 
     def forward(self, xs) -> torch.Tensor:
         """``[x, u]`` with x (B, c1, H, W), u (B, c_up, ceil(H/2), ceil(W/2)) -> (B, c2, H, W)."""

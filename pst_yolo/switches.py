@@ -75,6 +75,13 @@ def check_layer_scale(value, where: str) -> float | None:
     return float(value)
 
 
+def check_residual_init(value, where: str) -> float:
+    """A C3k2PST's ``residual_init``: a number >= 0 (the initial weight of its residual PST's output BatchNorm)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{where}: residual_init must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def yaml_args(args: list, where: str) -> list:
     """PST args after c2 from a YAML row, with a trailing dict expanded into positional arguments.
 

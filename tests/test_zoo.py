@@ -268,3 +268,29 @@ def test_recommended_model_starts_as_the_stock_model_it_extends(family):
     loss.sum().backward()
     pst = next(m for m in res.modules() if isinstance(m, C3k2PST)).pst
     assert pst.cv2.bn.weight.grad.abs().sum() > 0
+
+
+def test_c3k2pst_residual_init_from_yaml_and_bad_values_name_the_layer():
+    """``residual_init`` in a C3k2PST row's dict sets the starting weight of the residual PST's output BatchNorm (the
+    study's "alive branch" probe); the other keys of the dict stay PST args; bad values are errors naming the row."""
+    import yaml
+    from ultralytics.nn.tasks import DetectionModel
+
+    from pst_yolo.modules import C3k2PST
+
+    d = yaml.safe_load((ROOT / "cfg" / "models" / "yolo11-pst-res.yaml").read_text())
+    d["scale"] = "n"
+    row = d["head"][2]
+    assert row[2] == "C3k2PST"
+    row[3] = [512, False, 0.5, {"residual_init": 0.3, "k": 4}]
+    with contextlib.redirect_stdout(io.StringIO()):
+        net = DetectionModel(d, nc=3, verbose=False)
+    block = next(m for m in net.modules() if isinstance(m, C3k2PST))
+    assert torch.allclose(block.pst.cv2.bn.weight, torch.full_like(block.pst.cv2.bn.weight, 0.3))
+    assert block.pst.m[0].attn.topk == 4
+    for bad in (-0.1, "0.3", True):
+        row[3] = [512, False, 0.5, {"residual_init": bad}]
+        with pytest.raises(ValueError, match=r"C3k2PST layer 13: residual_init must be a number >= 0"):
+            DetectionModel(d, nc=3, verbose=False)
+    with pytest.raises(ValueError, match=r"C3k2PST: residual_init must be a number >= 0"):
+        C3k2PST(64, 64, 64, residual_init=-1)
