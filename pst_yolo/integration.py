@@ -112,7 +112,7 @@ def pst_channel_rule(i, f, args, ch, n, width, max_channels, m=None, scale=None)
     from ultralytics.utils.ops import make_divisible
 
     from pst_yolo.modules import C3k2PST, hidden_width
-    from pst_yolo.switches import ARG_ORDER, DEFAULTS, check_residual_init, check_switches, yaml_args
+    from pst_yolo.switches import ARG_ORDER, DEFAULTS, check_branch_scale, check_switches, yaml_args
 
     name = f"{getattr(m, '__name__', 'PST')} layer {i}"
     if not (isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(x, int) for x in f)):
@@ -128,7 +128,7 @@ def pst_channel_rule(i, f, args, ch, n, width, max_channels, m=None, scale=None)
         if pst is not None and not isinstance(pst, dict):
             raise ValueError(f"{name}: the 4th arg must be a dict of PST args (e.g. {{k: 8}}), got {pst!r}")
         pst = dict(pst or {})
-        residual_init = check_residual_init(pst.pop("residual_init", 0.0), name)
+        residual_init = check_branch_scale(pst.pop("residual_init", 0.0), "residual_init", name)
         rest = yaml_args([pst] if pst else [], name)
         hidden_width(c2, rest[1] if len(rest) > 1 else 0.5, where=f"{name} (c2={args[0]} x width {width} -> {c2})")
         return c2, [c1, c_up, c2, n, c3k, e, dict(zip(ARG_ORDER, rest)), residual_init], 1

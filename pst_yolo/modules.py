@@ -26,8 +26,7 @@ from pst_yolo.switches import (
     ENV_TRAIN_TOPK,
     INIT_KINDS,
     check_choice,
-    check_layer_scale,
-    check_residual_init,
+    check_branch_scale,
     check_switches,
     check_topk,
     env_topk,
@@ -351,7 +350,7 @@ class PSTBlock(nn.Module):
                     nn.init.trunc_normal_(m.weight, std=0.02)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
-        layer_scale = check_layer_scale(layer_scale, "PSTBlock")
+        layer_scale = check_branch_scale(layer_scale, "layer_scale", "PSTBlock", optional=True)
         if layer_scale is not None:
             for branch_end in (self.attn.proj, self.mlp[-1]):
                 nn.init.constant_(branch_end.bn.weight, layer_scale)
@@ -485,7 +484,7 @@ class C3k2PST(nn.Module):
         pst (dict | None): Keyword arguments of the residual ``PST(c2, c_up, c2, **pst)``.
         residual_init (float): Initial weight of the PST's output BatchNorm. 0 (default) starts the block as the stock
             C3k2; a positive value starts the branch active (a study probe: at the CPU budgets of docs/accuracy.md a
-            zero-started branch stays near zero, and one started at 0.3 or 1.0 did not score better).
+            zero-started branch stays small, and one started at 0.3 or 1.0 did not score better).
 
     Examples:
         >>> m = C3k2PST(192, 256, 128).eval()
@@ -497,7 +496,8 @@ class C3k2PST(nn.Module):
         super().__init__()
         from ultralytics.nn.modules.block import C3k2
 
-        residual_init = check_residual_init(residual_init, "C3k2PST")  # a YAML row is checked, with its index, earlier
+        # a YAML row was checked already, by the channel rule, with the layer index in its errors
+        residual_init = check_branch_scale(residual_init, "residual_init", "C3k2PST")
         stock = C3k2(c1, c2, n, c3k, e)
         self.c, self.cv1, self.cv2, self.m = stock.c, stock.cv1, stock.cv2, stock.m  # the stock parameter names
         self.pst = PST(c2, c_up, c2, **(pst or {}))

@@ -66,19 +66,13 @@ def check_choice(value, name: str, choices, where: str) -> str:
     raise ValueError(f"{where}: {name} must be one of {list(choices)}, got {value!r}")
 
 
-def check_layer_scale(value, where: str) -> float | None:
-    """None (BatchNorm's own init, weight 1) or a float >= 0: the initial weight of each residual branch's last BN."""
-    if value is None:
+def check_branch_scale(value, name: str, where: str, optional: bool = False) -> float | None:
+    """The initial weight of a residual branch's last BatchNorm (``layer_scale``, ``residual_init``): a number >= 0, or
+    None where ``optional`` (BatchNorm's own init, weight 1)."""
+    if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{where}: layer_scale must be null or a number >= 0, got {value!r}")
-    return float(value)
-
-
-def check_residual_init(value, where: str) -> float:
-    """A C3k2PST's ``residual_init``: a number >= 0 (the initial weight of its residual PST's output BatchNorm)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{where}: residual_init must be a number >= 0, got {value!r}")
+        raise ValueError(f"{where}: {name} must be {'null or ' if optional else ''}a number >= 0, got {value!r}")
     return float(value)
 
 
