@@ -248,15 +248,57 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load(result) -> dict:
+    return result if isinstance(result, dict) else json.loads((Path(result) / "results.json").read_text())
+
+
+def merge_results(parts) -> dict:
+    """Comparisons of one data set and budget that ran separately (other seeds, other models, one lane each) as one.
+
+    Args:
+        parts (list): ``compare()`` results or folders holding their results.json; the settings must agree except
+            for the seeds. The baseline is the first part's that has one.
+
+    Raises:
+        ValueError: naming the part whose task or settings differ from the first's, or the part that repeats a
+            model and seed.
+    """
+    loaded = [(str(p) if not isinstance(p, dict) else f"part {i + 1}", _load(p)) for i, p in enumerate(parts)]
+    (name0, first), merged = loaded[0], None
+    seen = {}
+    for name, r in loaded:
+        if r["task"] != first["task"]:
+            raise ValueError(f"merge: {name} is a {r['task']} comparison, {name0} a {first['task']} one")
+        a = {k: v for k, v in first.get("settings", {}).items() if k != "seeds"}
+        b = {k: v for k, v in r.get("settings", {}).items() if k != "seeds"}
+        if a != b:
+            diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            raise ValueError(f"merge: {name} differs from {name0} in {', '.join(diff)} "
+                             f"({[b.get(k) for k in diff]} vs {[a.get(k) for k in diff]})")
+        if merged is None:
+            merged = {**r, "models": [], "runs": [], "baseline": None}
+        for run in r["runs"]:
+            key = (run["label"], run["seed"])
+            if key in seen:
+                raise ValueError(f"merge: {run['label']} seed {run['seed']} is in both {seen[key]} and {name}")
+            seen[key] = name
+            merged["runs"].append(run)
+        merged["models"] += [m for m in r["models"] if m not in merged["models"]]
+        merged["baseline"] = merged["baseline"] or r.get("baseline")
+    merged["settings"] = {**merged.get("settings", {}),
+                          "seeds": sorted({run["seed"] for run in merged["runs"]})}
+    return merged
+
+
 def summary_table(results: dict) -> str:
     """Several comparisons side by side (one column per data set), as Markdown: per model and k the mean ± std over
     seeds, the ratio to that data set's baseline, and the mean of the ratios.
 
     Args:
-        results (dict): data set name -> ``compare()``'s result (or a folder holding its results.json).
+        results (dict): data set name -> ``compare()``'s result, a folder holding its results.json, or a list of
+            those to merge first (``merge_results``).
     """
-    loaded = {name: json.loads((Path(r) / "results.json").read_text()) if not isinstance(r, dict) else r
-              for name, r in results.items()}
+    loaded = {name: merge_results(r) if isinstance(r, (list, tuple)) else _load(r) for name, r in results.items()}
     cells, order = {}, []
     for name, result in loaded.items():
         rows = summary_rows(result)

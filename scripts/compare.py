@@ -5,6 +5,7 @@
     python scripts/compare.py yolo11n.yaml yolo11n-pst.yaml --seeds 0 1 --epochs 100 --jobs 2
     python scripts/compare.py yolo11n.yaml yolo11n-pst.yaml --data my.yaml --imgsz 640 --device 0 --train close_mosaic=10
     python scripts/compare.py --summarize demo=runs/cmp-demo photos=runs/cmp-photos   # finished runs side by side
+    python scripts/compare.py --summarize demo=runs/seeds012,runs/seeds345   # separate runs of one set, merged
 
 Writes <out>/table.md (mean ± std over seeds, per-seed values, ratio to the first model without PST), curves.png
 (validation metric per epoch, mean and min..max band per model) and results.json; prints the table.
@@ -23,8 +24,9 @@ set_offline_env()
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", help="model YAML names or paths")
-    ap.add_argument("--summarize", nargs="+", default=None, metavar="NAME=OUT",
-                    help="print finished comparisons side by side (one column per data set) and exit")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="NAME=OUT[,OUT...]",
+                    help="print finished comparisons side by side (one column per data set; several OUT folders of "
+                         "one set, e.g. other seeds, are merged) and exit")
     ap.add_argument("--data", default=None, help="data YAML or classification folder (default: built-in demo data)")
     ap.add_argument("--val-data", default=None, help="evaluate the final weights on this data YAML's val split")
     ap.add_argument("--epochs", type=int, default=25)
@@ -43,7 +45,13 @@ def main(argv=None):
     from pst_yolo.compare import compare, markdown_table, parse_train_args, summary_table
 
     if args.summarize:
-        print(summary_table(dict(item.split("=", 1) for item in args.summarize)))
+        sets = {}
+        for item in args.summarize:
+            name, sep, outs = item.partition("=")
+            if not sep or not outs:
+                ap.error(f"--summarize takes NAME=OUT[,OUT...], got {item!r}")
+            sets[name] = outs.split(",")
+        print(summary_table(sets))
         return
     if not args.models:
         ap.error("give the models to compare (or --summarize NAME=OUT ...)")

@@ -85,3 +85,48 @@ def test_summary_puts_data_sets_side_by_side_with_each_baseline(tmp_path):
     table = summary_table({"a": result([0.2, 0.2, 0.2], [0.22, 0.20, 0.24]), "b": tmp_path / "b"})
     assert "| stock | - | 0.2000 ± 0.0000 (3) | 1.00 | 0.5000 ± 0.1414 (2) | 1.00 | 1.000 |" in table
     assert "| pst | on (k=8) | 0.2200 ± 0.0200 (3) | 1.10 | 0.5000 ± 0.0707 (2) | 1.00 | 1.050 |" in table
+
+
+def _result(stock, pst8, seeds=None, epochs=25, baseline="stock"):
+    seeds = seeds or list(range(len(stock or pst8)))
+    models = (["stock"] if stock else []) + (["pst"] if pst8 else [])
+    return {"task": "detect", "models": models, "baseline": baseline if stock else None,
+            "settings": {"epochs": epochs, "imgsz": 128, "seeds": seeds},
+            "runs": [{"label": "stock", "seed": s, "metrics": {"None": [v, 0.0]}} for s, v in zip(seeds, stock or [])]
+            + [{"label": "pst", "seed": s, "metrics": {"8": [v, 0.0]}} for s, v in zip(seeds, pst8 or [])]}
+
+
+def test_summary_merges_comparisons_run_separately_and_the_cli_takes_comma_lists(tmp_path):
+    from pst_yolo.compare import merge_results
+
+    # seeds 0-1 of both models in one run, seed 2 of each model in a run of its own (as two CPU lanes would)
+    parts = {"a": _result([0.2, 0.3], [0.25, 0.35]), "b": _result([0.4], None, seeds=[2]),
+             "c": _result(None, [0.45], seeds=[2])}
+    for name, r in parts.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    merged = merge_results([tmp_path / n for n in "abc"])
+    assert merged["baseline"] == "stock" and merged["models"] == ["stock", "pst"]
+    assert merged["settings"]["seeds"] == [0, 1, 2] and len(merged["runs"]) == 6
+
+    folders = ",".join(str(tmp_path / n) for n in "abc")
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--summarize", f"demo={folders}",
+                        f"one={tmp_path / 'a'}"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "| stock | - | 0.3000 ± 0.1000 (3) | 1.00 | 0.2500 ± 0.0707 (2) | 1.00 | 1.000 |" in p.stdout
+    assert "| pst | on (k=8) | 0.3500 ± 0.1000 (3) | 1.17 | 0.3000 ± 0.0707 (2) | 1.20 | 1.183 |" in p.stdout
+
+
+def test_merge_refuses_other_budgets_and_repeated_seeds_naming_the_folder(tmp_path):
+    from pst_yolo.compare import merge_results
+
+    for name, r in {"e25": _result([0.2], [0.3]), "e60": _result([0.4], [0.5], seeds=[1], epochs=60)}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    with pytest.raises(ValueError, match=r"e60 differs from .*e25 in epochs \(\[60\] vs \[25\]\)"):
+        merge_results([tmp_path / "e25", tmp_path / "e60"])
+    with pytest.raises(ValueError, match=r"stock seed 0 is in both part 1 and part 2"):
+        merge_results([_result([0.2], None), _result([0.3], None)])
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--summarize", "demo"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "--summarize takes NAME=OUT[,OUT...], got 'demo'" in p.stderr
