@@ -51,7 +51,10 @@ def main(argv=None):
             if not sep or not outs:
                 ap.error(f"--summarize takes NAME=OUT[,OUT...], got {item!r}")
             sets[name] = outs.split(",")
-        print(summary_table(sets))
+        try:
+            print(summary_table(sets))
+        except (ValueError, FileNotFoundError) as e:  # folders that cannot be merged, or no results.json in one
+            ap.error(f"--summarize: {e}")
         return
     if not args.models:
         ap.error("give the models to compare (or --summarize NAME=OUT ...)")

@@ -130,3 +130,6 @@ def test_merge_refuses_other_budgets_and_repeated_seeds_naming_the_folder(tmp_pa
     p = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--summarize", "demo"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "--summarize takes NAME=OUT[,OUT...], got 'demo'" in p.stderr
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--summarize",
+                        f"demo={tmp_path / 'e25'},{tmp_path / 'e60'}"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "e60 differs from" in p.stderr and "Traceback" not in p.stderr
