@@ -264,8 +264,8 @@ def merge_results(parts) -> dict:
             model and seed.
     """
     loaded = [(str(p) if not isinstance(p, dict) else f"part {i + 1}", _load(p)) for i, p in enumerate(parts)]
-    (name0, first), merged = loaded[0], None
-    seen = {}
+    name0, first = loaded[0]
+    merged, seen = {**first, "models": [], "runs": [], "baseline": None}, {}
     for name, r in loaded:
         if r["task"] != first["task"]:
             raise ValueError(f"merge: {name} is a {r['task']} comparison, {name0} a {first['task']} one")
@@ -275,8 +275,6 @@ def merge_results(parts) -> dict:
             diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             raise ValueError(f"merge: {name} differs from {name0} in {', '.join(diff)} "
                              f"({[b.get(k) for k in diff]} vs {[a.get(k) for k in diff]})")
-        if merged is None:
-            merged = {**r, "models": [], "runs": [], "baseline": None}
         for run in r["runs"]:
             key = (run["label"], run["seed"])
             if key in seen:
@@ -298,7 +296,7 @@ def summary_table(results: dict) -> str:
         results (dict): data set name -> ``compare()``'s result, a folder holding its results.json, or a list of
             those to merge first (``merge_results``).
     """
-    loaded = {name: merge_results(r) if isinstance(r, (list, tuple)) else _load(r) for name, r in results.items()}
+    loaded = {name: merge_results(r if isinstance(r, (list, tuple)) else [r]) for name, r in results.items()}
     cells, order = {}, []
     for name, result in loaded.items():
         rows = summary_rows(result)
