@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ CURVE_COLUMN = {"detect": "metrics/mAP50-95(B)", "obb": "metrics/mAP50-95(B)", "
                 "pose": "metrics/mAP50-95(P)", "classify": "metrics/accuracy_top1"}
 METRIC_NAMES = {"detect": ("mAP50-95", "mAP50"), "obb": ("mAP50-95", "mAP50"), "classify": ("top-1", "top-5"),
                 "segment": ("mask mAP50-95", "mask mAP50"), "pose": ("pose mAP50-95", "pose mAP50")}
+RESOLVE_DELTA = 0.03  # the accuracy issue's gain target (1.03 x stock); resolution_note sizes seeds for it
 # One fixed colour per model, in order (matplotlib's tab10), so a picture can be checked line by line.
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -99,7 +101,7 @@ def train(run: Run, data, settings: dict, project: Path, threads: int, reuse: bo
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
     log = project / f"{run.dir.name}.log"
     with open(log, "w") as f:
-        proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=project)
+        proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=project, check=False)
     if proc.returncode != 0:
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"pst-yolo: training {run.label} (seed {run.seed}) failed with exit {proc.returncode}; "
@@ -229,8 +231,8 @@ def markdown_table(result: dict) -> str:
     base_mean = statistics.fmean(base["m1"]) if base else None
     s = result["settings"]
     lines = [
-        f"| model | fine attention | {n1} (mean ± std) | {n2} (mean ± std) | {n1} per seed | "
-        f"vs {result['baseline'] or 'baseline'} |",
+        (f"| model | fine attention | {n1} (mean ± std) | {n2} (mean ± std) | {n1} per seed | "
+         f"vs {result['baseline'] or 'baseline'} |"),
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -243,8 +245,8 @@ def markdown_table(result: dict) -> str:
     shown = ("epochs", "imgsz", "batch", "device", "data", "val_data", "seeds", "ks", "weights")
     extra = {k: v for k, v in s.items() if k not in shown} or "none"
     held_out = f", evaluated on {s['val_data']}" if s.get("val_data", s["data"]) != s["data"] else ""
-    lines += ["", f"{s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}, device {s['device']}, seeds "
-                  f"{s['seeds']}, {s['weights']}.pt weights, data {s['data']}{held_out}; extra train args: {extra}."]
+    lines += ["", (f"{s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}, device {s['device']}, seeds "
+                   f"{s['seeds']}, {s['weights']}.pt weights, data {s['data']}{held_out}; extra train args: {extra}.")]
     return "\n".join(lines) + "\n"
 
 
@@ -290,7 +292,8 @@ def merge_results(parts) -> dict:
 
 def summary_table(results: dict) -> str:
     """Several comparisons side by side (one column per data set), as Markdown: per model and k the mean ± std over
-    seeds, the ratio to that data set's baseline, and the mean of the ratios.
+    seeds, the ratio to that data set's baseline, and the mean of the ratios. Below the table, what it can resolve
+    (``resolution_note``): the baselines' seed noise and the seeds per model a 3% difference needs.
 
     Args:
         results (dict): data set name -> ``compare()``'s result, a folder holding its results.json, or a list of
@@ -324,7 +327,32 @@ def summary_table(results: dict) -> str:
         fine = "-" if k is None else ("off (k=0)" if k == 0 else f"on (k={k})")
         mean_ratio = f"{statistics.fmean(ratios):.3f}" if ratios and None not in ratios and len(ratios) == len(names) else ""
         lines.append(f"| {model} | {fine} | " + " | ".join(row) + f" | {mean_ratio} |")
-    return "\n".join(lines) + "\n"
+    noise = {n: cells.get(((loaded[n]["baseline"], None), n)) for n in names}
+    return "\n".join(lines) + "\n" + resolution_note(
+        {n: (c[1] / c[0], c[2]) for n, c in noise.items() if c and c[0] > 0 and c[2] > 1})
+
+
+def seeds_to_resolve(rel_std: float, delta: float = RESOLVE_DELTA, z: float = 2.0) -> int:
+    """Seeds per model for a ratio of ``1 + delta`` to lie ``z`` standard errors from 1: two independent means,
+    each with seed std ``rel_std`` (relative to the mean), differ with standard error ``rel_std * sqrt(2 / n)``."""
+    return max(2, math.ceil(2 * (z * rel_std / delta) ** 2))
+
+
+def resolution_note(noise: dict) -> str:
+    """What the table can tell apart: the baseline's seed std per data set and the seeds a ratio of 1.03 needs.
+
+    Args:
+        noise (dict): data set name -> (baseline std / mean over seeds, number of seeds).
+    """
+    if not noise:
+        return ""
+    parts = [f"{n} {sd:.1%} ({k} seeds) -> {seeds_to_resolve(sd)}" for n, (sd, k) in noise.items()]
+    note = (f"\nBaseline seed noise (std / mean) and the seeds per model for a ratio of {1 + RESOLVE_DELTA:.2f} to lie 2 "
+            f"standard errors from 1.00: " + "; ".join(parts))
+    if len(noise) > 1:  # the mean of the ratios averages the sets' noise
+        avg = math.sqrt(sum(sd**2 for sd, _ in noise.values())) / len(noise)
+        note += f"; the mean ratio -> {seeds_to_resolve(avg)}"
+    return note + ".\n"
 
 
 def plot_curves(result: dict, path: Path) -> dict:

@@ -85,6 +85,18 @@ def test_summary_puts_data_sets_side_by_side_with_each_baseline(tmp_path):
     table = summary_table({"a": result([0.2, 0.2, 0.2], [0.22, 0.20, 0.24]), "b": tmp_path / "b"})
     assert "| stock | - | 0.2000 ± 0.0000 (3) | 1.00 | 0.5000 ± 0.1414 (2) | 1.00 | 1.000 |" in table
     assert "| pst | on (k=8) | 0.2200 ± 0.0200 (3) | 1.10 | 0.5000 ± 0.0707 (2) | 1.00 | 1.050 |" in table
+    # what the table can resolve: set b's stock spread is 28% of its mean over 2 seeds
+    assert ("seeds per model for a ratio of 1.03 to lie 2 standard errors from 1.00: a 0.0% (3 seeds) -> 2; "
+            "b 28.3% (2 seeds) -> 712; the mean ratio -> 178.") in table
+
+
+def test_seeds_to_resolve_is_the_two_sample_standard_error():
+    from pst_yolo.compare import seeds_to_resolve
+
+    # a 3% seed std: 8 seeds per model put a 3% difference at 2 standard errors (0.03 * sqrt(2 / 8) = 0.015)
+    assert seeds_to_resolve(0.03) == 8
+    assert seeds_to_resolve(0.03, delta=0.06) == 2 and seeds_to_resolve(0.06) == 32
+    assert seeds_to_resolve(0.03, z=1.0) == 2
 
 
 def _result(stock, pst8, seeds=None, epochs=25, baseline="stock"):
