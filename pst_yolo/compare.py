@@ -335,6 +335,8 @@ def summary_table(results: dict) -> str:
 def seeds_to_resolve(rel_std: float, delta: float = RESOLVE_DELTA, z: float = 2.0) -> int:
     """Seeds per model for a ratio of ``1 + delta`` to lie ``z`` standard errors from 1: two independent means,
     each with seed std ``rel_std`` (relative to the mean), differ with standard error ``rel_std * sqrt(2 / n)``."""
+    if delta <= 0 or z <= 0 or rel_std < 0:
+        raise ValueError(f"seeds_to_resolve: needs delta > 0, z > 0, rel_std >= 0; got {delta=}, {z=}, {rel_std=}")
     return max(2, math.ceil(2 * (z * rel_std / delta) ** 2))
 
 
