@@ -348,7 +348,7 @@ def resolution_note(noise: dict) -> str:
     """
     if not noise:
         return ""
-    parts = [f"{n} {sd:.1%} ({k} seeds) -> {seeds_to_resolve(sd)}" for n, (sd, k) in noise.items()]
+    parts = [f"{n} {sd:.1%} ({seeds} seeds) -> {seeds_to_resolve(sd)}" for n, (sd, seeds) in noise.items()]
     note = (f"\nBaseline seed noise (std / mean) and the seeds per model for a ratio of {1 + RESOLVE_DELTA:.2f} to lie 2 "
             f"standard errors from 1.00: " + "; ".join(parts))
     if len(noise) > 1:  # the mean of the ratios averages the sets' noise
