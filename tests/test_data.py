@@ -66,3 +66,18 @@ def test_photo_set_reads_only_the_installed_package():
     folder = Path(str(photos._photo_dir()))
     assert folder.parts[-2:] == ("skimage", "data")
     assert all((folder / n).is_file() for n in ("coins.png", "chelsea.png", "coffee.png", "lfw_subset.npy"))
+
+
+def test_lookalike_set_has_many_confusable_classes(tmp_path):
+    """The fourth study set: 16 classes of look-alike characters, several per image, every class present."""
+    from pst_yolo.data import make_lookalike_dataset
+    from pst_yolo.data.lookalike import CHARACTERS
+
+    data = Path(make_lookalike_dataset(tmp_path / "lookalike", n_train=60, n_val=10, imgsz=160, seed=0))
+    per_image, classes = [], set()
+    for label in (data.parent / "labels" / "train").glob("*.txt"):
+        rows = [line.split() for line in label.read_text().splitlines()]
+        per_image.append(len(rows))
+        classes |= {int(r[0]) for r in rows}
+    assert len(CHARACTERS) == 16 and classes == set(range(16))
+    assert 2 <= np.mean(per_image) <= 6

@@ -7,6 +7,8 @@
 - ``clutter``: a second detection set unlike the shapes: glyphs on cluttered, occluded scenes (``pst_yolo.data.clutter``).
 - ``photos``: a third detection set of real photographic pixels with many small (8-32 px) objects: coins, faces, a cat,
   a cup and a motorcycle cut from the photographs bundled with scikit-image (``pst_yolo.data.photos``).
+- ``lookalike``: a fourth detection set where naming an object is the hard part: 16 classes of confusable characters
+  (``0 O Q D C G``, ``8 B 3``, ``E F P R``, ``5 S 6``; ``pst_yolo.data.lookalike``).
 
 Usage:
     python -m pst_yolo.data --out demo_data          # writes demo_data/<kind>/ for every kind above
@@ -17,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pst_yolo.data.clutter import GLYPHS, make_clutter_dataset
+from pst_yolo.data.lookalike import make_lookalike_dataset
 from pst_yolo.data.photos import make_photo_dataset
 from pst_yolo.data.shapes import (
     CLASSES,
@@ -29,7 +32,7 @@ from pst_yolo.data.shapes import (
 
 __all__ = [
     "CLASSES", "GLYPHS", "MAKERS", "make_classification_dataset", "make_clutter_dataset", "make_demo_data",
-    "make_detection_dataset", "make_obb_dataset", "make_photo_dataset", "make_pose_dataset", "make_segmentation_dataset",
+    "make_detection_dataset", "make_lookalike_dataset", "make_obb_dataset", "make_photo_dataset", "make_pose_dataset", "make_segmentation_dataset",
 ]
 # task -> generator of its demo data set (the data YAML, or the ImageFolder root for classification)
 MAKERS = {
@@ -40,6 +43,7 @@ MAKERS = {
     "obb": make_obb_dataset,
     "clutter": make_clutter_dataset,
     "photos": make_photo_dataset,
+    "lookalike": make_lookalike_dataset,
 }
 
 

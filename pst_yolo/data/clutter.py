@@ -13,7 +13,7 @@ from pst_yolo.data.writer import box_line, write_yolo
 GLYPHS = ("0", "1", "2", "3", "4")
 
 
-def _clutter_background(rng, size):
+def clutter_background(rng, size):
     """Oriented gratings, blurred noise and unlabelled strokes: texture and clutter at every scale."""
     import cv2
 
@@ -38,21 +38,22 @@ def _clutter_background(rng, size):
     return img
 
 
-def _glyph_mask(rng, cls, size):
-    """A rotated, scaled glyph of class ``cls`` as a uint8 mask of its own (h, w) patch."""
+def glyph_mask(rng, text, size, fonts=None, height=(0.12, 0.5), thickness=(2.0, 4.0), max_angle=30.0):
+    """``text`` in a random Hershey font (OpenCV's built-in vector fonts: no font files), rotated and scaled, as a uint8
+    mask of its own (h, w) patch; ``height`` is the glyph height range as fractions of ``size`` (log-uniform)."""
     import cv2
 
-    fonts = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX,
-             cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, cv2.FONT_HERSHEY_SCRIPT_COMPLEX)
+    fonts = fonts or (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
+                      cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, cv2.FONT_HERSHEY_SCRIPT_COMPLEX)
     font = fonts[int(rng.integers(len(fonts)))]
-    height = float(np.exp(rng.uniform(np.log(size * 0.12), np.log(size * 0.5))))
+    height = float(np.exp(rng.uniform(np.log(size * height[0]), np.log(size * height[1]))))
     scale = height / 22.0  # Hershey glyphs are about 22 px tall at scale 1
-    thick = max(2, int(round(scale * rng.uniform(2.0, 4.0))))
-    (w, h), base = cv2.getTextSize(GLYPHS[cls], font, scale, thick)
+    thick = max(2, int(round(scale * rng.uniform(*thickness))))
+    (w, h), base = cv2.getTextSize(text, font, scale, thick)
     pad = thick + 2
     patch = np.zeros((h + base + 2 * pad, w + 2 * pad), np.uint8)
-    cv2.putText(patch, GLYPHS[cls], (pad, pad + h), font, scale, 255, thick, cv2.LINE_AA)
-    angle = float(rng.uniform(-30, 30))
+    cv2.putText(patch, text, (pad, pad + h), font, scale, 255, thick, cv2.LINE_AA)
+    angle = float(rng.uniform(-max_angle, max_angle))
     ph, pw = patch.shape
     m = cv2.getRotationMatrix2D((pw / 2, ph / 2), angle, 1.0)
     cos, sin = abs(m[0, 0]), abs(m[0, 1])
@@ -62,16 +63,18 @@ def _glyph_mask(rng, cls, size):
     return cv2.warpAffine(patch, m, (nw, nh))
 
 
-def _clutter_image(rng, size):
-    """One clutter image and its labels; glyphs less than half visible after occlusion are dropped."""
+def glyph_scene(rng, size, texts, count=(1, 5), occluders=True, **glyph):
+    """One image of glyphs (class i draws ``texts[i]``) on a clutter background, with its labels; ``count`` is the
+    [low, high) number of glyphs, ``glyph`` goes to :func:`glyph_mask`. Occluders (filled blobs) hide parts of the
+    glyphs; a glyph less than half visible is not labelled."""
     import cv2
 
-    img = _clutter_background(rng, size)
+    img = clutter_background(rng, size)
     owner = np.full((size, size), -1, np.int32)  # which object each pixel shows
     objects = []
-    for _ in range(rng.integers(1, 5)):
-        cls = int(rng.integers(len(GLYPHS)))
-        mask = _glyph_mask(rng, cls, size)
+    for _ in range(rng.integers(*count)):
+        cls = int(rng.integers(len(texts)))
+        mask = glyph_mask(rng, texts[cls], size, **glyph)
         mh, mw = mask.shape
         if mh >= size or mw >= size:
             continue
@@ -83,7 +86,7 @@ def _clutter_image(rng, size):
         img[y0 : y0 + mh, x0 : x0 + mw] = (region * (1 - alpha) + color * alpha).astype(np.uint8)
         owner[y0 : y0 + mh, x0 : x0 + mw][on] = len(objects)
         objects.append((cls, int(on.sum())))
-    for _ in range(rng.integers(0, 3)):  # occluders: filled blobs that hide parts of the glyphs
+    for _ in range(rng.integers(0, 3) if occluders else 0):
         r = int(rng.integers(size // 16, size // 6))
         c = tuple(int(v) for v in rng.integers(0, size, 2))
         color = tuple(int(v) for v in rng.integers(0, 256, 3))
@@ -99,6 +102,9 @@ def _clutter_image(rng, size):
         labels.append(box_line(cls, xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, size))
     return img, labels
 
+
+def _clutter_image(rng, size):
+    return glyph_scene(rng, size, GLYPHS)
 
 
 def make_clutter_dataset(root, n_train=500, n_val=100, imgsz=160, seed=0) -> Path:
