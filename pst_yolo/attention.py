@@ -25,7 +25,6 @@ for export only ``reference`` and ``sdpa`` are used (plain ONNX-exportable ops);
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -34,7 +33,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LOGGER = logging.getLogger("pst_yolo")
+from pst_yolo.extras import load_symbol
+from pst_yolo.log import log_once
+from pst_yolo.tracing import in_export
+
 ENV_BACKEND = "PST_ATTN"
 AUTO = "auto"
 DEFAULT_BACKEND = AUTO
@@ -43,15 +45,6 @@ AUTO_ORDER = ("flash", "sdpa")  # exact kernels only; "sage" is opt-in (int8 QK^
 EXPORTABLE = ("reference", "sdpa")
 _HALF = (torch.float16, torch.bfloat16)
 _GLOBAL_BACKEND: str | None = None
-
-
-def in_export() -> bool:
-    """Whether a tracer is recording this forward for export, which freezes data-dependent Python control flow: jit
-    trace/script (TorchScript, the legacy ONNX exporter, pnnx/NCNN, coremltools, x2paddle), the ONNX exporter, and
-    ``torch.export`` (the dynamo ONNX exporter, ExecuTorch, litert-torch). Not ``torch.compile``, which runs the eager
-    code path with guards."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_exporting())
 
 
 def reference_attention(q, k, v, mask=None, scale=None):
@@ -75,25 +68,6 @@ def sdpa_attention(q, k, v, mask=None, scale=None):
     # (measured at the P3 level of a 640 px image: 140 ms vs 30 ms), and the copies are only N*d floats.
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-
-_IMPORTS: dict = {}
-
-
-def load_symbol(module: str, attr: str):
-    """Import ``module.attr`` once; returns ``(fn, None)`` or ``(None, why)`` (cached, so a failed import costs once)."""
-    key = (module, attr)
-    if key not in _IMPORTS:
-        try:
-            _IMPORTS[key] = (getattr(importlib.import_module(module), attr), None)
-        except ModuleNotFoundError as e:
-            from pst_yolo.extras import extra_of
-
-            hint = f"; pip install 'pst-yolo[{extra_of(module)}]'" if extra_of(module) and e.name == module else ""
-            _IMPORTS[key] = (None, f"package {module!r} not usable ({type(e).__name__}: {e}){hint}")
-        except Exception as e:  # a broken CUDA extension raising at import
-            _IMPORTS[key] = (None, f"package {module!r} not usable ({type(e).__name__}: {e})")
-    return _IMPORTS[key]
 
 
 def _library_kernel(module: str, attr: str, mask):
@@ -191,16 +165,6 @@ KERNELS: dict[str, Kernel] = {
     "flash": Kernel(flash_attention, _flash_supports, lambda: load_symbol("flash_attn", "flash_attn_func")[1], True),
     "sage": Kernel(sage_attention, _sage_supports, lambda: load_symbol("sageattention", "sageattn")[1], False),
 }
-_LOGGED: set = set()
-
-
-def log_once(key, msg, level=logging.INFO):
-    """Log ``msg`` once per process for ``key`` (so a fallback is visible but not spammy)."""
-    if key not in _LOGGED:
-        _LOGGED.add(key)
-        LOGGER.log(level, msg)
-
-
 def _check_name(name: str, src: str) -> str:
     if name != AUTO and name not in KERNELS:
         raise ValueError(f"pst-yolo: unknown attention kernel {name!r} (from {src}); choose one of {[AUTO, *KERNELS]}")

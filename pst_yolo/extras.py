@@ -68,6 +68,23 @@ def require(module: str, feature: str):
         raise MissingExtra(f"pst-yolo: {feature} needs the package {module!r}, which is not installed; {how}") from None
 
 
+_IMPORTS: dict = {}
+
+
+def load_symbol(module: str, attr: str):
+    """Import ``module.attr`` once; returns ``(fn, None)`` or ``(None, why)`` (cached, so a failed import costs once)."""
+    key = (module, attr)
+    if key not in _IMPORTS:
+        try:
+            _IMPORTS[key] = (getattr(importlib.import_module(module), attr), None)
+        except ModuleNotFoundError as e:
+            hint = f"; pip install 'pst-yolo[{extra_of(module)}]'" if extra_of(module) and e.name == module else ""
+            _IMPORTS[key] = (None, f"package {module!r} not usable ({type(e).__name__}: {e}){hint}")
+        except Exception as e:  # a broken CUDA extension raising at import
+            _IMPORTS[key] = (None, f"package {module!r} not usable ({type(e).__name__}: {e})")
+    return _IMPORTS[key]
+
+
 def status() -> dict:
     """``{extra: {distribution: version or None}}`` for every extra and the core packages, without importing them."""
     out = {}

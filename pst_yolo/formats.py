@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import contextlib
 
-FORMS = ("graph", "portable", "coarse")
+from pst_yolo.tracing import FORMS, _FORM, coarse_reason, compare_ops, current_form, set_trace_form
+
+__all__ = ["FORMS", "GRAPH_FORMATS", "COMPARE_FORMATS", "COARSE_ONLY", "form_for", "set_form", "export_form",
+           "current_form", "coarse_reason", "compare_ops"]
 GRAPH_FORMATS = ("torchscript", "onnx", "openvino", "engine", "mnn")
 # Formats whose converter maps floor/ceil wrongly but has comparisons (x2paddle turns aten::floor into math.floor);
 # the portable form then tests x > 0 with a comparison instead of floor arithmetic (pnnx/NCNN has no comparisons).
 COMPARE_FORMATS = ("paddle",)
 # format -> why it exports coarse-only (none: every format measured carries the portable form; docs/deployment.md)
 COARSE_ONLY: dict[str, str] = {}
-_FORM: list = ["graph", None, None]  # form, coarse-only reason, format
 
 
 def form_for(fmt: str | None) -> tuple[str, str | None]:
@@ -39,24 +41,7 @@ def form_for(fmt: str | None) -> tuple[str, str | None]:
 def set_form(form: str, reason: str | None = None, fmt: str | None = None) -> None:
     """The fine-branch form every PSA traced from now on uses (one of ``FORMS``); ``reason`` explains ``coarse``,
     ``fmt`` is the Ultralytics format being exported (it picks details of the portable form)."""
-    if form not in FORMS:
-        raise ValueError(f"pst-yolo: unknown export form {form!r}; choose one of {list(FORMS)}")
-    _FORM[:] = [form, reason or "fine attention switched off for this export", (fmt or "").lower() or None]
-
-
-def compare_ops() -> bool:
-    """Whether the portable form may use comparisons (and must not use floor): see ``COMPARE_FORMATS``."""
-    return _FORM[2] in COMPARE_FORMATS
-
-
-def current_form() -> str:
-    """The form a PSA traced now uses (meaningful only while exporting: eager forwards ignore it)."""
-    return _FORM[0]
-
-
-def coarse_reason() -> str:
-    """Why the current export is coarse-only (for the one-time warning)."""
-    return _FORM[1]
+    set_trace_form(form, reason, (fmt or "").lower() in COMPARE_FORMATS)
 
 
 @contextlib.contextmanager

@@ -210,7 +210,7 @@ def on_export_start(exporter) -> None:
     format decides the form of the fine branch (``pst_yolo.formats``)."""
     from pst_yolo.formats import form_for, set_form
     from pst_yolo.offline import TF_FORMATS, block_mnn_telemetry, seed_onnx2tf_calibration
-    from pst_yolo.scoring import set_static_export
+    from pst_yolo.tracing import set_static_export
     from ultralytics.utils import LOGGER
 
     set_static_export(not getattr(exporter.args, "dynamic", False))
@@ -230,7 +230,7 @@ def on_export_end(exporter) -> None:
     """Back to one-piece tracing in the graph form; repair the FP16 ONNX file Ultralytics' CPU half conversion wrote,
     if any."""
     from pst_yolo.formats import set_form
-    from pst_yolo.scoring import set_static_export
+    from pst_yolo.tracing import set_static_export
 
     set_static_export(False)
     set_form("graph")

@@ -2,11 +2,19 @@
 
 All projections are Ultralytics ``Conv`` (1x1 conv + BatchNorm [+ SiLU]) so ``model.fuse()`` folds the BatchNorms.
 The name ``PSA`` is taken in Ultralytics (YOLOv10's position-sensitive attention); this file never shadows it.
-A PSA forward is one pass in one direction: project, coarse output (+ scores), select, fine, fuse. How the coarse
-output and the scores are computed (per device, for export, per kernel) is decided in ``pst_yolo.scoring``, which
-regions are refined in ``pst_yolo.selection``, which attention kernel runs in ``pst_yolo.attention``.
-"""
 
+How a PSA forward flows (one pass, one direction; each step names the module that decides it):
+
+1. form: ``pst_yolo.fine.fine_form()`` picks the form of this forward once, from the export state
+   (``pst_yolo.tracing``): eager (also exports in the ``graph`` form), ``portable`` or ``coarse``-only.
+2. project: the 1x1 Q (finer map), K and V (coarser map) convs, split into heads of 32 by the form.
+3. coarse output and scores: ``pst_yolo.scoring`` computes ``softmax(q k^T / sqrt(d)) v`` and, when regions are
+   refined, the selection scores ``s_j = mean_i P_ij``, per device, kernel (``pst_yolo.attention``) and export.
+4. fine: the form selects the top-k regions (``pst_yolo.selection``, or ``pst_yolo.portable``'s ops), gathers the
+   2x2 fine tokens under them, projects them with the same K/V convs and attends to them.
+5. fuse: ``proj(O_coarse + O_fine + CPE)`` (eq. 6), the CPE a 7x7 depthwise conv of the coarse values upsampled to
+   the finer grid.
+"""
 from __future__ import annotations
 
 import os
@@ -15,12 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pst_yolo import portable
-from pst_yolo.attention import attention, in_export, log_once, resolve_backend
-from pst_yolo.formats import coarse_reason, current_form
+from pst_yolo.attention import resolve_backend
+from pst_yolo.fine import fine_form
 from pst_yolo.linear_attention import linear_attention
-from pst_yolo.scoring import coarse_attention, coarse_scores
-from pst_yolo.selection import select_fine_tokens
+from pst_yolo.log import log_once
+from pst_yolo.scoring import coarse_attention, coarse_attention_training
+from pst_yolo.tracing import in_export
 from pst_yolo.switches import (
     CPE_MODES,
     ENV_TRAIN_TOPK,
@@ -65,24 +73,19 @@ class PyramidSparseAttention(nn.Module):
     Queries come from the finer map ``x`` (B, C, H, W); keys/values from the coarser map ``u`` (B, C, ceil(H/2),
     ceil(W/2)). Fine attention runs only in eval mode with ``topk > 0`` and reuses the same K/V projections on ``x``
     at the 2x2 blocks under the top-k coarse keys (paper eqs. 1-6). An eval forward has no host synchronisation and a
-    fixed number of ops with the ``lse`` score strategy (``pst_yolo.scoring``), so it can be captured in a CUDA graph.
+    fixed number of ops with the ``lse`` score strategy, so it can be captured in a CUDA graph. The steps of a forward
+    and the module behind each are listed in this module's docstring.
 
     Args:
         c (int): Channels of both inputs and of the output; a multiple of 32 (head dim).
         topk (int): Coarse regions refined per head at inference; 0 = coarse only.
         threshold (float): Minimum mean attention probability for a region to be refined.
         backend (str | None): Attention kernel (see ``pst_yolo.attention``); None follows ``$PST_ATTN``.
-        gating (bool): Ablation (Table 4c, eqs. 7-8): ``g = sigmoid(Conv1d_1x1(concat(O_coarse, O_fine)))`` over the
-            2c concatenated channels per token, ``O = proj(g * O_fine + (1 - g) * O_coarse + CPE)``. With fine
-            attention off (training, k = 0) ``O_fine = 0``, so the gate still scales ``O_coarse``; the fine half of
-            its weights then gets no gradient.
-        shared_kv (bool): Ablation (Table 4e): False gives fine attention its own K/V convs (``k_fine``, ``v_fine``),
-            which coarse-only training never updates (they keep their initial weights).
-        attn (str): Ablation (Table 4d): ``"softmax"`` (paper), or linear attention ``"relu"`` / ``"elu"`` (ELU+1)
-            for the coarse branch, which has no fine branch (topk is ignored, with a one-time log line).
-        cpe (str): How the CPE, computed on the coarse grid, reaches the finer grid: ``"bilinear"`` (default, the
-            authors' release), ``"nearest"`` (each coarse cell covers its 2x2 block; pst-yolo 0.1) or ``"none"`` (no CPE,
-            no ``pe`` conv: an accuracy-study variant).
+        gating, shared_kv, attn: The Table 4c-e ablations (``pst_yolo.switches``): gated fusion of coarse and fine
+            (eqs. 7-8, ``gated_mix``), separate fine K/V convs (``k_fine``, ``v_fine``), linear coarse attention
+            ``"relu"`` / ``"elu"`` (no probabilities, so no fine branch).
+        cpe (str): CPE upsampling to the finer grid: ``"bilinear"`` (default, the authors' release), ``"nearest"``
+            (pst-yolo 0.1) or ``"none"`` (no CPE: an accuracy-study variant).
 
     Examples:
         >>> attn = PyramidSparseAttention(64).eval()
@@ -95,50 +98,80 @@ class PyramidSparseAttention(nn.Module):
     gating, shared_kv, attn, cpe = False, True, "softmax", "nearest"
     train_topk = 0  # fine attention in training forwards (PST_TRAIN_TOPK; 0: coarse-only training, the paper's)
 
-    def __init__(
-        self,
-        c: int,
-        topk: int = 8,
-        threshold: float = THRESHOLD,
-        backend: str | None = None,
-        gating: bool = False,
-        shared_kv: bool = True,
-        attn: str = "softmax",
-        cpe: str = "bilinear",
-    ):
+    def __init__(self, c: int, topk: int = 8, threshold: float = THRESHOLD, backend: str | None = None,
+                 gating: bool = False, shared_kv: bool = True, attn: str = "softmax", cpe: str = "bilinear"):
         super().__init__()
         hidden_width(c, 1.0, "PyramidSparseAttention")
-        self.heads, self.head_dim = c // HEAD_DIM, HEAD_DIM
-        self.scale = HEAD_DIM**-0.5
+        self.heads, self.head_dim, self.scale = c // HEAD_DIM, HEAD_DIM, HEAD_DIM**-0.5
         self.threshold = float(threshold)
         self.backend = None if backend is None else resolve_backend(backend)
         env = env_topk()
         self.topk = check_topk(topk) if env is None else env
         self.train_topk = env_train_topk()
-        self.q = Conv(c, c, 1, act=False)
-        self.k = Conv(c, c, 1, act=False)
-        self.v = Conv(c, c, 1, act=False)
+        self.q, self.k, self.v = (Conv(c, c, 1, act=False) for _ in range(3))
         self.cpe = check_choice(cpe, "cpe", CPE_MODES, "PyramidSparseAttention")
         if self.cpe != "none":
             self.pe = Conv(c, c, 7, g=c, act=False)  # CPE on the coarse grid
-        self.proj = Conv(c, c, 1, act=False)
-        # ---- ablation switches (paper Table 4c-e); defaults add no modules and leave the forward path as is ----
+        self.proj = Conv(c, c, 1, act=False)  # created after pe, as always: the same seed gives the same weights
         self.gating, self.shared_kv, self.attn = check_switches(gating, shared_kv, attn, "PyramidSparseAttention")
         if self.gating:
             self.gate = nn.Conv1d(2 * c, c, 1)  # eq. 7's Conv1d: one linear map per token of concat(O_c, O_f)
         if not self.shared_kv:
-            self.k_fine = Conv(c, c, 1, act=False)
-            self.v_fine = Conv(c, c, 1, act=False)
+            self.k_fine, self.v_fine = Conv(c, c, 1, act=False), Conv(c, c, 1, act=False)
         if self.attn != "softmax" and self.topk > 0:
             self._log_linear_topk()
 
+    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Attend from ``x`` (B, C, H, W) to ``u`` (B, C, ceil(H/2), ceil(W/2)); returns (B, C, H, W)."""
+        b, c, h, w = x.shape
+        form = fine_form()  # eager, or the form this export carries (pst_yolo.fine)
+        v_map = self.v(u)
+        q, k, v = (form.heads(t, self.heads, self.head_dim) for t in (self.q(x), self.k(u), v_map))
+        topk = form.topk(self.train_topk if self.training else self.topk)
+        out, scores = self.coarse(q, k, v, topk)
+        fine = None if scores is None else form.fine(self, x, q, scores, tuple(u.shape[-2:]), topk)
+        out = self.mix(out, fine)
+        # b, h, w from the input's shape: traced symbolically, so a dynamic export keeps a dynamic batch and size
+        out = out.transpose(-2, -1).reshape(b, self.heads * self.head_dim, h, w)
+        return self.proj(out if self.cpe == "none" else out + self._cpe(v_map, h, w))
+
+    def coarse(self, q, k, v, topk: int):
+        """Coarse output (B, heads, N, d) and, when ``topk`` regions are refined, the selection scores (B, heads, M)."""
+        if self.attn != "softmax":
+            if topk > 0:
+                self._log_linear_topk()
+            return linear_attention(q, k, v, self.attn), None
+        how = coarse_attention_training if self.training else coarse_attention  # pst_yolo.scoring
+        return how(q, k, v, self.scale, self.backend, scores=topk > 0)
+
+    def mix(self, coarse: torch.Tensor, fine: torch.Tensor | None) -> torch.Tensor:
+        """``O_coarse + O_fine`` (eq. 6; ``fine=None``: fine attention off), or the gated mix of eqs. 7-8."""
+        if self.gating:
+            return gated_mix(self.gate, coarse, fine)
+        return coarse if fine is None else coarse + fine
+
+    def fine(self, x, q, scores, coarse_hw, topk: int | None = None) -> torch.Tensor:
+        """The fine branch alone (``pst_yolo.fine``), (B, heads, N, d); ``topk`` defaults to ``self.topk``."""
+        return fine_form().fine(self, x, q, scores, coarse_hw, self.topk if topk is None else topk)
+
+    def fine_kv(self):
+        """The convs that project the fine keys and values: the coarse ones (shared, Table 4e) or their own."""
+        return (self.k, self.v) if self.shared_kv else (self.k_fine, self.v_fine)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, heads, H*W, head_dim) in the current form's layout."""
+        return fine_form().heads(t, self.heads, self.head_dim)
+
+    def _cpe(self, v_map, h: int, w: int) -> torch.Tensor:
+        """Convolutional positional encoding of the coarse values, on the finer (h, w) grid."""
+        pe = self.pe(v_map)
+        if self.cpe == "bilinear":
+            return F.interpolate(pe, size=(h, w), mode="bilinear", align_corners=False)
+        return F.interpolate(pe, scale_factor=2.0, mode="nearest")[..., :h, :w]
+
     def _log_linear_topk(self):
-        log_once(
-            "linear-attn-topk",
-            f"pst-yolo: linear attention ({self.attn!r}) has no attention probabilities to select from; fine attention "
-            f"is off for it (requested k={self.topk} is ignored)",
-            level=30,
-        )
+        log_once("linear-attn-topk", f"pst-yolo: linear attention ({self.attn!r}) has no attention probabilities to "
+                 f"select from; fine attention is off for it (requested k={self.topk} is ignored)", level=30)
 
     def __setstate__(self, state):
         """Unpickling a checkpoint re-applies ``PST_TOPK`` so ``PST_TOPK=0 yolo val model=best.pt`` works (and
@@ -150,163 +183,22 @@ class PyramidSparseAttention(nn.Module):
         if os.environ.get(ENV_TRAIN_TOPK, "").strip():
             self.train_topk = env_train_topk()
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, heads, H*W, head_dim), contiguous: every kernel and the fine branch read it so."""
-        if in_export() and current_form() == "portable":
-            # reshape(..., -1), not unflatten (x2paddle has none) nor reshape(b, heads, d, h * w) (x2paddle then feeds
-            # the query map into the key projection's reshape); in the ONNX graph form it would cost static shape
-            # information (an If node in a dynamic export)
-            return t.flatten(2).reshape(t.shape[0], self.heads, self.head_dim, -1).transpose(-2, -1).contiguous()
-        return t.flatten(2).unflatten(1, (self.heads, self.head_dim)).transpose(-2, -1).contiguous()
-
-    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Attend from ``x`` (B, C, H, W) to ``u`` (B, C, ceil(H/2), ceil(W/2)); returns (B, C, H, W)."""
-        b, c, h, w = x.shape
-        v_map = self.v(u)
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(u)), self._heads(v_map)
-        fine = None
-        if self.attn != "softmax":
-            out = linear_attention(q, k, v, self.attn)
-            if self.topk > 0 and not self.training:
-                self._log_linear_topk()
-        elif self.topk > 0 and not self.training and not self._coarse_export():
-            out, scores = coarse_attention(q, k, v, self.scale, self.backend)
-            fine = self.fine(x, q, scores, tuple(u.shape[-2:]))
-        elif self.training and self.train_topk > 0:
-            out = coarse_attention(q, k, v, self.scale, self.backend, scores=False)[0]
-            with torch.no_grad():  # the selection is not differentiable; the fine attention over it is
-                scores = coarse_scores(q, k, self.scale)
-            fine = self.fine(x, q, scores, tuple(u.shape[-2:]), self.train_topk)
-        else:
-            out = coarse_attention(q, k, v, self.scale, self.backend, scores=False)[0]
-        return self.fuse_outputs(out, fine, v_map, b, h, w)
-
-    @staticmethod
-    def _coarse_export() -> bool:
-        """An export whose format cannot carry fine attention (``pst_yolo.formats``): coarse-only, said once."""
-        if not (in_export() and current_form() == "coarse"):
-            return False
-        log_once(("coarse-export", coarse_reason()), f"WARNING pst-yolo: exporting PST coarse-only (k=0): "
-                 f"{coarse_reason()}", level=30)
-        return True
-
-    def fine(self, x, q, scores, coarse_hw, topk: int | None = None) -> torch.Tensor:
-        """Sparse fine attention of every query over the 2x2 blocks of the top-k coarse keys (``topk``, default
-        ``self.topk``); (B, heads, N, head_dim).
-
-        ``scores`` (B, heads, M) are the selection scores on the coarse grid ``coarse_hw``. Tokens that are not refined
-        (below the threshold, clipped at an odd border) are masked; their values are zeroed too, so a (batch, head)
-        with no refined token at all contributes exactly 0, with no branch on the data. Exports for converters
-        without TopK/Gather trace the same computation in ``pst_yolo.portable``'s ops.
-        """
-        h, w = x.shape[-2:]
-        topk = self.topk if topk is None else topk
-        if in_export() and current_form() == "portable":
-            onehot, above = portable.select_onehot(scores, topk, self.threshold)
-            hot, inside = portable.block_onehot(onehot, coarse_hw, (h, w))
-            hot = hot if hot.dtype == x.dtype else hot.to(x.dtype)
-            # K/V convs over the whole finer map, then one-hot gathers: per-head weights in a batched MatMul are
-            # mistaken for a fully-connected layer by XNNPACK (ExecuTorch) and LiteRT, convolutions are not.
-            k, v = (self.k, self.v) if self.shared_kv else (self.k_fine, self.v_fine)
-            kf, vf = hot @ self._heads(k(x)), hot @ self._heads(v(x))
-            valid = inside * torch.cat([above] * 4, dim=-1)  # tokens are offset-major: [o * k, (o + 1) * k)
-            return portable.masked_attention(q, kf, vf, valid.to(q.dtype), self.scale)
-        index, valid = select_fine_tokens(scores, topk, self.threshold, coarse_hw[1], h, w)
-        kf, vf = self._project_fine(self._gather(x, index))
-        vf = torch.where(valid.unsqueeze(-1), vf, 0.0)
-        # Half of finfo.min: finite after adding any logit (finfo.min plus a negative fp16 logit overflows to -inf, and
-        # a row of -inf would be NaN), and still far enough below every real logit that its exp() is exactly 0.
-        # (torch.where builds float32 from a Python scalar, hence float32's bound for float64.)
-        mask = torch.where(valid, 0.0, max(torch.finfo(q.dtype).min, torch.finfo(torch.float32).min) / 2)
-        mask = (mask if mask.dtype == q.dtype else mask.to(q.dtype)).unsqueeze(-2)
-        return attention(q, kf, vf, mask=mask, scale=self.scale, backend=self.backend)
-
-    def fuse_outputs(self, coarse, fine, v_map, b: int, h: int, w: int) -> torch.Tensor:
-        """``proj(O_coarse + O_fine + CPE)`` (eq. 6), or the gated mix of eqs. 7-8; (B, C, H, W)."""
-        if self.gating:
-            out = self._gated(coarse, fine)
-        else:
-            out = coarse if fine is None else coarse + fine
-        # b, h, w from the input's shape: traced symbolically, so a dynamic export keeps a dynamic batch and size
-        out = out.transpose(-2, -1).reshape(b, self.heads * self.head_dim, h, w)
-        return self.proj(out if self.cpe == "none" else out + self._cpe(v_map, h, w))
-
-    def _cpe(self, v_map, h: int, w: int) -> torch.Tensor:
-        """Convolutional positional encoding of the coarse values, on the finer (h, w) grid."""
-        pe = self.pe(v_map)
-        if self.cpe == "bilinear":
-            return F.interpolate(pe, size=(h, w), mode="bilinear", align_corners=False)
-        return F.interpolate(pe, scale_factor=2.0, mode="nearest")[..., :h, :w]
-
-    def _gated(self, coarse: torch.Tensor, fine: torch.Tensor | None) -> torch.Tensor:
-        """Self-gating fusion of eqs. 7-8 on (B, heads, N, d) outputs; ``fine=None`` (fine off) means zeros."""
-        fine = torch.zeros_like(coarse) if fine is None else fine
-        b, nh, n, d = coarse.shape
-        # channels in the (head, d) order the output map uses: [0, c) coarse, [c, 2c) fine
-        cat = torch.cat([coarse, fine], dim=1).transpose(-2, -1).reshape(b, 2 * nh * d, n)
-        g = self.gate(cat).sigmoid().reshape(b, nh, d, n).transpose(-2, -1)
-        return g * fine + (1 - g) * coarse
-
-    def _gather(self, x, index):
-        """The fine map's pixels at ``index`` (B, heads, T), per head: (B, heads, T, C)."""
-        b, c = x.shape[:2]
-        t = index.shape[-1]
-        # (B, C, heads*T) -> (B, heads, T, C); the index, not the map, is expanded (no per-head copy of x).
-        xg = x.flatten(2).gather(2, index.flatten(1).unsqueeze(1).expand(b, c, -1))
-        return xg.reshape(b, c, self.heads, t).permute(0, 2, 3, 1)
-
-    def _project_fine(self, xg):
-        """Fine keys/values of gathered pixels (B, heads, T, C): the K/V projections applied only to the T pixels,
-        each head using its own slice of the weights. The projections are pointwise affine maps in eval (1x1 conv +
-        BN folded), so gathering first is exact and costs T/(H*W) of projecting the map."""
-        (wk, bk), (wv, bv) = self._fine_projection(xg.dtype)
-        return xg @ wk + bk, xg @ wv + bv  # (B, heads, T, d) each, contiguous as the kernels want them
-
-    def _fine_projection(self, dtype):
-        """Per-head fine K and V weights (heads, C, d) and biases (heads, 1, d), BatchNorm folded.
-
-        Rebuilt only when a weight, a BN statistic, the dtype or the device changed (tensor version counters): in an
-        eval loop the folding costs nothing, and no stale weights survive ``load_state_dict``, ``fuse()`` or a
-        training step. Not cached while autograd, export or compilation need the computation in the graph, nor for
-        inference tensors (weights made under ``torch.inference_mode``, e.g. fused there), which have no versions.
-        """
-        k, v = (self.k, self.v) if self.shared_kv else (self.k_fine, self.v_fine)
-        tensors = [t for m in (k, v) for t in (*m.parameters(), *m.buffers())]
-        cacheable = not (in_export() or torch.compiler.is_compiling() or any(t.is_inference() for t in tensors) or
-                         (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
-        key = (dtype, *((t.data_ptr(), t._version) for t in tensors)) if cacheable else None
-        cached = self.__dict__.get("_fine_cache")
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
-        result = tuple(
-            (w.view(self.heads, self.head_dim, -1).transpose(1, 2).to(dtype),
-             b.view(self.heads, 1, self.head_dim).to(dtype))
-            for w, b in (pointwise_affine(k), pointwise_affine(v))
-        )
-        if key is not None:
-            self.__dict__["_fine_cache"] = (key, result)  # not a buffer: never saved, never moved by .to()
-        return result
-
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_fine_cache", None)  # derived from the weights: never pickled into checkpoints or EMA copies
+        state.pop("_fine_cache", None)  # derived from the weights (pst_yolo.fine): never in checkpoints or EMA copies
         return state
 
 
-def pointwise_affine(m):
-    """(weight (C_out, C_in), bias (C_out)) of an Ultralytics 1x1 ``Conv`` without activation, BatchNorm folded (eval
-    statistics); works before and after ``model.fuse()`` (which removes ``bn`` and gives the conv a bias)."""
-    conv = m.conv
-    if conv.kernel_size != (1, 1) or conv.groups != 1 or not isinstance(m.act, nn.Identity):
-        raise ValueError(f"pst-yolo: fine K/V projection must be a 1x1 dense Conv without activation, got {m}")
-    weight = conv.weight.flatten(1)
-    bias = conv.bias if conv.bias is not None else weight.new_zeros(weight.shape[0])
-    bn = getattr(m, "bn", None)
-    if bn is not None:
-        inv = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        weight = weight * inv[:, None]
-        bias = (bias - bn.running_mean) * inv + bn.bias
-    return weight, bias
+def gated_mix(gate: nn.Conv1d, coarse: torch.Tensor, fine: torch.Tensor | None) -> torch.Tensor:
+    """Self-gating fusion of eqs. 7-8 on (B, heads, N, d) outputs: ``g * O_fine + (1 - g) * O_coarse`` with ``g =
+    sigmoid(gate(concat(O_coarse, O_fine)))`` per token; ``fine=None`` (fine off) means zeros, so the gate still scales
+    ``O_coarse`` and the fine half of its weights gets no gradient in coarse-only training."""
+    fine = torch.zeros_like(coarse) if fine is None else fine
+    b, nh, n, d = coarse.shape
+    # channels in the (head, d) order the output map uses: [0, c) coarse, [c, 2c) fine
+    cat = torch.cat([coarse, fine], dim=1).transpose(-2, -1).reshape(b, 2 * nh * d, n)
+    g = gate(cat).sigmoid().reshape(b, nh, d, n).transpose(-2, -1)
+    return g * fine + (1 - g) * coarse
 
 
 class PSTBlock(nn.Module):

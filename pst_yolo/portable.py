@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pst_yolo.formats import compare_ops
+from pst_yolo.tracing import compare_ops
 
 # Added to a masked token's logit: exp() of it is 0 in float32 and float16, and it cannot overflow float16.
 MASK = 1.0e4

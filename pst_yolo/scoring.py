@@ -32,7 +32,11 @@ import os
 import torch
 import torch.nn.functional as F
 
-from pst_yolo.attention import attention, choose_kernel, in_export, log_once, load_symbol
+from pst_yolo.attention import attention, choose_kernel
+from pst_yolo.extras import load_symbol
+from pst_yolo.log import log_once
+# _STATIC_EXPORT: the tests read the flag here, where static exports are traced
+from pst_yolo.tracing import _STATIC_EXPORT, in_export, set_static_export, static_export_enabled  # noqa: F401
 
 ENV_SCORES = "PST_SCORES"
 STRATEGIES = ("auto", "chunked", "lse", "reference")
@@ -43,8 +47,6 @@ SCORE_BUDGET = 1 << 17
 # The same bound in an unrolled static-shape export: every chunk is a handful of graph nodes, so chunks are larger
 # there (16 MiB of fp32 logits; at 1280 px the P3 level is 40 chunks, at 640 px 3) to keep the graph small.
 EXPORT_BUDGET = 1 << 22
-# Set by the Ultralytics exporter callback (pst_yolo.integration) while a static-shape (dynamic=False) export traces.
-_STATIC_EXPORT = [False]
 _GLOBAL_STRATEGY: list = [None]
 
 
@@ -85,12 +87,6 @@ def resolve_strategy(q: torch.Tensor, strategy: str | None = None) -> str:
     return chosen
 
 
-def set_static_export(enabled: bool) -> None:
-    """Whether tracing for export unrolls the attention in query chunks (a static-shape export; see
-    :func:`static_export`). Ultralytics' exporter sets it from ``dynamic`` (pst_yolo.integration)."""
-    _STATIC_EXPORT[0] = bool(enabled)
-
-
 @contextlib.contextmanager
 def static_export(enabled: bool = True):
     """Trace PSA for a static-shape export: explicit attention unrolled in query chunks (bounded memory at run time).
@@ -98,7 +94,7 @@ def static_export(enabled: bool = True):
     Ultralytics' exporter does this by itself for ``dynamic=False`` (pst_yolo.integration); use it around your own
     ``torch.onnx.export`` of a fixed input size. Without it a traced PSA is one unchunked piece, valid for any size.
     """
-    old = _STATIC_EXPORT[0]
+    old = static_export_enabled()
     set_static_export(enabled)
     try:
         yield
@@ -148,10 +144,21 @@ def coarse_attention(q, k, v, scale: float, backend: str | None = None, strategy
             out, lse = attention_lse(q, k, v, scale, backend)
             return out, scores_from_lse(q, k, lse, scale)
     if how == "export":
-        rows = chunk_rows(q, k.shape[-2], "auto", EXPORT_BUDGET) if _STATIC_EXPORT[0] else None
+        rows = chunk_rows(q, k.shape[-2], "auto", EXPORT_BUDGET) if static_export_enabled() else None
     else:
         rows = chunk_rows(q, k.shape[-2], "auto" if how == "chunked" else None)
     return explicit_attention(q, k, v, scale, rows, scores)
+
+
+def coarse_attention_training(q, k, v, scale: float, backend: str | None = None, scores=True):
+    """:func:`coarse_attention` for a training forward: the output from the attention kernel (and its backward), the
+    scores (``scores=True``: fine attention trained, ``PST_TRAIN_TOPK``) without autograd, since the selection is not
+    differentiable (the fine attention over it is)."""
+    out = attention(q, k, v, scale=scale, backend=backend)
+    if not scores:
+        return out, None
+    with torch.no_grad():
+        return out, coarse_scores(q, k, scale)
 
 
 def coarse_scores(q, k, scale: float, strategy: str | None = None) -> torch.Tensor:

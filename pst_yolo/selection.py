@@ -13,7 +13,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from pst_yolo.attention import in_export
+from pst_yolo.tracing import in_export
 
 
 def block_positions(idx: torch.Tensor, coarse_w: int, fine_h: int, fine_w: int):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-import pst_yolo.attention as attention_mod
+import pst_yolo.log as log_mod
 from pst_yolo.linear_attention import linear_attention
 from pst_yolo.modules import PST, PyramidSparseAttention
 from pst_yolo.switches import yaml_args
@@ -92,7 +92,7 @@ def test_linear_attention_explicit_formula(kind):
 
 
 def test_linear_psa_uses_formula_and_has_no_fine_branch(caplog):
-    attention_mod._LOGGED.discard("linear-attn-topk")
+    log_mod._LOGGED.discard("linear-attn-topk")
     with caplog.at_level(logging.WARNING, logger="pst_yolo"):
         m = randomize(PyramidSparseAttention(64, topk=8, attn="relu")).double().eval()
         x, u = pair()

@@ -8,6 +8,7 @@ import torch
 import ultralytics.nn.tasks  # noqa: F401  (imports Ultralytics before pst_yolo.modules, as the start-up hook expects)
 
 from pst_yolo import attention as A
+from pst_yolo import extras, log
 from pst_yolo.modules import PST
 
 
@@ -16,8 +17,8 @@ def _clean(monkeypatch):
     """Each test starts with no process-wide override, no env var, fresh log-once memory and import cache."""
     monkeypatch.delenv(A.ENV_BACKEND, raising=False)
     monkeypatch.setattr(A, "_GLOBAL_BACKEND", None)
-    monkeypatch.setattr(A, "_LOGGED", set())
-    monkeypatch.setattr(A, "_IMPORTS", {})
+    monkeypatch.setattr(log, "_LOGGED", set())
+    monkeypatch.setattr(extras, "_IMPORTS", {})
 
 
 def _qkv(b=2, heads=3, n=77, m=20, d=32, dtype=torch.float32, device="cpu", seed=0):
@@ -72,7 +73,7 @@ def _fake_sage(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, smo
 
 @pytest.mark.parametrize("d", [32, 64, 80, 96, 128])
 def test_sage_adapter_pads_to_its_head_dims_and_never_mutates_inputs(d, monkeypatch):
-    monkeypatch.setitem(A._IMPORTS, ("sageattention", "sageattn"), (_fake_sage, None))
+    monkeypatch.setitem(extras._IMPORTS, ("sageattention", "sageattn"), (_fake_sage, None))
     q, k, v = _qkv(n=30, m=9, d=d)
     before = [t.clone() for t in (q, k, v)]
     out = A.sage_attention(q, k, v, scale=0.1)
@@ -83,7 +84,7 @@ def test_sage_adapter_pads_to_its_head_dims_and_never_mutates_inputs(d, monkeypa
 
 
 def test_sage_refuses_head_dims_above_128(monkeypatch):
-    monkeypatch.setitem(A._IMPORTS, ("sageattention", "sageattn"), (_fake_sage, None))
+    monkeypatch.setitem(extras._IMPORTS, ("sageattention", "sageattn"), (_fake_sage, None))
     with pytest.raises(ValueError, match="head dims up to 128"):
         A.sage_attention(*_qkv(d=160))
     assert "head dim 160" in A._sage_supports(_cuda_like(d=160), None, None, None)
@@ -92,8 +93,8 @@ def test_sage_refuses_head_dims_above_128(monkeypatch):
 def test_adapters_layout_padding_and_scale(monkeypatch):
     """The flash/sage adapters transpose, pad head dim 32 -> 64 and pass the scale (checked on CPU with the libraries'
     documented call contracts standing in for their CUDA kernels)."""
-    monkeypatch.setitem(A._IMPORTS, ("flash_attn", "flash_attn_func"), (_fake_flash, None))
-    monkeypatch.setitem(A._IMPORTS, ("sageattention", "sageattn"), (_fake_sage, None))
+    monkeypatch.setitem(extras._IMPORTS, ("flash_attn", "flash_attn_func"), (_fake_flash, None))
+    monkeypatch.setitem(extras._IMPORTS, ("sageattention", "sageattn"), (_fake_sage, None))
     q, k, v = _qkv(n=45, m=12)
     ref = A.reference_attention(q, k, v, scale=0.2)
     assert torch.allclose(A.flash_attention(q, k, v, scale=0.2), ref, atol=1e-6)

@@ -46,7 +46,7 @@ def test_missing_optional_package_names_the_extra(monkeypatch):
 def test_missing_attention_library_reports_its_extra(monkeypatch):
     from pst_yolo import attention
 
-    monkeypatch.setattr(attention, "_IMPORTS", {})
+    monkeypatch.setattr(extras, "_IMPORTS", {})
     monkeypatch.setitem(sys.modules, "sageattention", None)
     why = attention.KERNELS["sage"].available()
     assert "pst-yolo[sage]" in why

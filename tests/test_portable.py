@@ -14,7 +14,7 @@ import torch
 import ultralytics.nn.tasks  # noqa: F401  (Ultralytics first: start-up hook order)
 
 from pst_yolo import portable
-from pst_yolo.attention import in_export
+from pst_yolo.tracing import in_export
 from pst_yolo.formats import current_form, export_form, form_for
 from pst_yolo.modules import PyramidSparseAttention
 from pst_yolo.selection import select_fine_tokens

@@ -1,0 +1,163 @@
+"""The fine branch of Pyramid Sparse Attention (paper eqs. 3-5), one implementation per form of the forward.
+
+Given the queries, the coarse selection scores and the finer map, a form returns the fine attention output
+(B, heads, N, d): every query attends to the 2x2 fine tokens under the top-k coarse regions of its (batch, head),
+whose keys and values are the coarse K/V projections applied to the finer map (Table 4e's parameter sharing). Tokens
+that are not refined (below the threshold, clipped at an odd border) are masked and their values zeroed, so a
+(batch, head) with no refined token contributes exactly 0, with no branch on the data.
+
+:func:`fine_form` picks the form once per forward from the export state (``pst_yolo.tracing``):
+
+- ``EAGER``: every eager forward, and exports in the ``graph`` form: sort/TopK selection (``pst_yolo.selection``), one
+  gather of the blocks' pixels, the K/V projections applied to those pixels only (BatchNorm folded, cached), masked
+  attention through the kernel switch (``pst_yolo.attention``).
+- ``PORTABLE``: exports in the ``portable`` form: the same computation in ops every converter has
+  (``pst_yolo.portable``: max-and-mask top-k, one-hot matrix-product gathers, the mask as a key column).
+- ``COARSE``: exports in the ``coarse`` form: no fine branch (k = 0), with a one-time warning naming the reason.
+
+Each form also splits a map into heads the way its converters need it (:meth:`FineForm.heads`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from pst_yolo import portable
+from pst_yolo.attention import attention
+from pst_yolo.log import log_once
+from pst_yolo.selection import select_fine_tokens
+from pst_yolo.tracing import coarse_reason, current_form, in_export
+
+
+class FineForm:
+    """How one PSA forward splits heads and computes its fine attention; the eager/graph form."""
+
+    name = "eager"
+
+    def topk(self, k: int) -> int:
+        """The regions this form refines when the layer asks for ``k``."""
+        return k
+
+    def heads(self, t: torch.Tensor, heads: int, d: int) -> torch.Tensor:
+        """(B, C, H, W) -> (B, heads, H*W, d), contiguous: every kernel and the fine branch read it so."""
+        return t.flatten(2).unflatten(1, (heads, d)).transpose(-2, -1).contiguous()
+
+    def fine(self, attn, x, q, scores, coarse_hw, topk: int) -> torch.Tensor:
+        """Fine attention of the queries ``q`` (B, heads, N, d) over the blocks of the top-``topk`` coarse keys by
+        ``scores`` (B, heads, M) on the coarse grid ``coarse_hw``; ``x`` is the finer map (B, C, H, W) of ``attn``."""
+        h, w = x.shape[-2:]
+        index, valid = select_fine_tokens(scores, topk, attn.threshold, coarse_hw[1], h, w)
+        kf, vf = project_fine(attn, gather(x, index, attn.heads))
+        vf = torch.where(valid.unsqueeze(-1), vf, 0.0)
+        # Half of finfo.min: finite after adding any logit (finfo.min plus a negative fp16 logit overflows to -inf, and
+        # a row of -inf would be NaN), and still far enough below every real logit that its exp() is exactly 0.
+        # (torch.where builds float32 from a Python scalar, hence float32's bound for float64.)
+        mask = torch.where(valid, 0.0, max(torch.finfo(q.dtype).min, torch.finfo(torch.float32).min) / 2)
+        mask = (mask if mask.dtype == q.dtype else mask.to(q.dtype)).unsqueeze(-2)
+        return attention(q, kf, vf, mask=mask, scale=attn.scale, backend=attn.backend)
+
+
+class PortableForm(FineForm):
+    """The fine branch in ops every export converter has (``pst_yolo.portable``); static shapes."""
+
+    name = "portable"
+
+    def heads(self, t, heads, d):
+        # reshape(..., -1), not unflatten (x2paddle has none) nor reshape(b, heads, d, h * w) (x2paddle then feeds the
+        # query map into the key projection's reshape); in the graph form it would cost static shape information (an
+        # If node in a dynamic ONNX export)
+        return t.flatten(2).reshape(t.shape[0], heads, d, -1).transpose(-2, -1).contiguous()
+
+    def fine(self, attn, x, q, scores, coarse_hw, topk):
+        h, w = x.shape[-2:]
+        onehot, above = portable.select_onehot(scores, topk, attn.threshold)
+        hot, inside = portable.block_onehot(onehot, coarse_hw, (h, w))
+        hot = hot if hot.dtype == x.dtype else hot.to(x.dtype)
+        # K/V convs over the whole finer map, then one-hot gathers: per-head weights in a batched MatMul are mistaken
+        # for a fully-connected layer by XNNPACK (ExecuTorch) and LiteRT, convolutions are not.
+        k, v = attn.fine_kv()
+        kf, vf = hot @ self.heads(k(x), attn.heads, attn.head_dim), hot @ self.heads(v(x), attn.heads, attn.head_dim)
+        valid = inside * torch.cat([above] * 4, dim=-1)  # tokens are offset-major: [o * k, (o + 1) * k)
+        return portable.masked_attention(q, kf, vf, valid.to(q.dtype), attn.scale)
+
+
+class CoarseOnlyForm(FineForm):
+    """An export whose format can carry no fine branch (``pst_yolo.formats.COARSE_ONLY``): k = 0, said once."""
+
+    name = "coarse"
+
+    def topk(self, k):
+        if k > 0:
+            log_once(("coarse-export", coarse_reason()),
+                     f"WARNING pst-yolo: exporting PST coarse-only (k=0): {coarse_reason()}", level=30)
+        return 0
+
+
+EAGER, PORTABLE, COARSE = FineForm(), PortableForm(), CoarseOnlyForm()
+_TRACED = {"graph": EAGER, "portable": PORTABLE, "coarse": COARSE}
+
+
+def fine_form() -> FineForm:
+    """The form of this forward: eager unless a tracer records it for export, then the export's form."""
+    return _TRACED[current_form()] if in_export() else EAGER
+
+
+def gather(x: torch.Tensor, index: torch.Tensor, heads: int) -> torch.Tensor:
+    """The fine map's pixels at ``index`` (B, heads, T), per head: (B, heads, T, C)."""
+    b, c = x.shape[:2]
+    t = index.shape[-1]
+    # (B, C, heads*T) -> (B, heads, T, C); the index, not the map, is expanded (no per-head copy of x).
+    xg = x.flatten(2).gather(2, index.flatten(1).unsqueeze(1).expand(b, c, -1))
+    return xg.reshape(b, c, heads, t).permute(0, 2, 3, 1)
+
+
+def project_fine(attn, xg):
+    """Fine keys/values of gathered pixels (B, heads, T, C): the K/V projections applied only to the T pixels, each
+    head using its own slice of the weights. The projections are pointwise affine maps in eval (1x1 conv + BN folded),
+    so gathering first is exact and costs T/(H*W) of projecting the map."""
+    (wk, bk), (wv, bv) = fine_projection(attn, xg.dtype)
+    return xg @ wk + bk, xg @ wv + bv  # (B, heads, T, d) each, contiguous as the kernels want them
+
+
+def fine_projection(attn, dtype):
+    """Per-head fine K and V weights (heads, C, d) and biases (heads, 1, d) of ``attn``, BatchNorm folded.
+
+    Cached in ``attn.__dict__["_fine_cache"]`` and rebuilt only when a weight, a BN statistic, the dtype or the device
+    changed (tensor version counters): in an eval loop the folding costs nothing, and no stale weights survive
+    ``load_state_dict``, ``fuse()`` or a training step. Not cached while autograd, export or compilation need the
+    computation in the graph, nor for inference tensors (weights made under ``torch.inference_mode``, e.g. fused there),
+    which have no versions. The layer never pickles the cache (``PyramidSparseAttention.__getstate__``).
+    """
+    k, v = attn.fine_kv()
+    tensors = [t for m in (k, v) for t in (*m.parameters(), *m.buffers())]
+    cacheable = not (in_export() or torch.compiler.is_compiling() or any(t.is_inference() for t in tensors) or
+                     (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+    key = (dtype, *((t.data_ptr(), t._version) for t in tensors)) if cacheable else None
+    cached = attn.__dict__.get("_fine_cache")
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
+    heads, d = attn.heads, attn.head_dim
+    result = tuple(
+        (w.view(heads, d, -1).transpose(1, 2).to(dtype), b.view(heads, 1, d).to(dtype))
+        for w, b in (pointwise_affine(k), pointwise_affine(v))
+    )
+    if key is not None:
+        attn.__dict__["_fine_cache"] = (key, result)  # not a buffer: never saved, never moved by .to()
+    return result
+
+
+def pointwise_affine(m):
+    """(weight (C_out, C_in), bias (C_out)) of an Ultralytics 1x1 ``Conv`` without activation, BatchNorm folded (eval
+    statistics); works before and after ``model.fuse()`` (which removes ``bn`` and gives the conv a bias)."""
+    conv = m.conv
+    if conv.kernel_size != (1, 1) or conv.groups != 1 or not isinstance(m.act, nn.Identity):
+        raise ValueError(f"pst-yolo: fine K/V projection must be a 1x1 dense Conv without activation, got {m}")
+    weight = conv.weight.flatten(1)
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(weight.shape[0])
+    bn = getattr(m, "bn", None)
+    if bn is not None:
+        inv = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        weight = weight * inv[:, None]
+        bias = (bias - bn.running_mean) * inv + bn.bias
+    return weight, bias
