@@ -1,6 +1,6 @@
 """Every patch pst-yolo makes to Ultralytics, in one place.
 
-Ultralytics has no plugin API for model layers, so registration does three narrow things, each idempotent:
+Ultralytics has no plugin API for model layers, so registration does these narrow things, each idempotent:
 
 1. ``ultralytics.utils.checks.check_file`` also finds pst-yolo's model and recipe YAMLs by bare name (after the working
    directory, before Ultralytics' own tree), so ``model=yolo11n-pst.yaml`` and ``cfg=pst-det-n.yaml`` resolve.
@@ -11,6 +11,8 @@ Ultralytics has no plugin API for model layers, so registration does three narro
 4. Two default export callbacks: a static-shape export (``dynamic=False``) traces PSA's attention in query chunks
    (``pst_yolo.scoring.static_export``: bounded memory in onnxruntime), and an FP16 ONNX file gets its graph back in
    topological order with the selection scores in float32 (``pst_yolo.export.fix_fp16_onnx``).
+5. Two default training callbacks (``pst_yolo.training``): the trainer validates PST models at the setting they train
+   with, and the fine setting of ``last.pt`` and ``best.pt`` is chosen and stored when training ends.
 
 Nothing is patched on an Ultralytics version outside ``SUPPORTED`` (tested range); ``register()`` raises instead.
 """
@@ -243,11 +245,15 @@ def on_export_end(exporter) -> None:
 
 
 def patch_callbacks(base=None) -> None:
-    """Add :func:`on_export_start` / :func:`on_export_end` to Ultralytics' default callbacks (idempotent); every
-    ``YOLO`` object and ``Exporter`` created afterwards copies them."""
+    """Add the export callbacks above and the training ones of ``pst_yolo.training`` to Ultralytics' default callbacks
+    (idempotent); every ``YOLO`` object, trainer and exporter created afterwards copies them."""
     if base is None:
         from ultralytics.utils.callbacks import base
-    for event, fn in (("on_export_start", on_export_start), ("on_export_end", on_export_end)):
+    from pst_yolo.training import on_fit_epoch_end, on_train_start
+
+    events = (("on_export_start", on_export_start), ("on_export_end", on_export_end),
+              ("on_train_start", on_train_start), ("on_fit_epoch_end", on_fit_epoch_end))
+    for event, fn in events:
         hooks = base.default_callbacks.setdefault(event, [])
         if not any(getattr(h, "__qualname__", None) == fn.__qualname__ and
                    getattr(h, "__module__", None) == fn.__module__ for h in hooks):

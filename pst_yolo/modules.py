@@ -17,6 +17,7 @@ How a PSA forward flows (one pass, one direction; each step names the module tha
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -97,6 +98,7 @@ class PyramidSparseAttention(nn.Module):
     # were trained with (pst-yolo 0.1 upsampled the CPE with "nearest").
     gating, shared_kv, attn, cpe = False, True, "softmax", "nearest"
     train_topk = 0  # fine attention in training forwards (PST_TRAIN_TOPK; 0: coarse-only training, the paper's)
+    fine_k = None  # the k this layer was built with, while training validates at train_topk (pst_yolo.training)
 
     def __init__(self, c: int, topk: int = 8, threshold: float = THRESHOLD, backend: str | None = None,
                  gating: bool = False, shared_kv: bool = True, attn: str = "softmax", cpe: str = "bilinear"):
@@ -106,7 +108,7 @@ class PyramidSparseAttention(nn.Module):
         self.threshold = float(threshold)
         self.backend = None if backend is None else resolve_backend(backend)
         env = env_topk()
-        self.topk = check_topk(topk) if env is None else env
+        self.topk = self.fine_k = check_topk(topk) if env is None else env
         self.train_topk = env_train_topk()
         self.q, self.k, self.v = (Conv(c, c, 1, act=False) for _ in range(3))
         self.cpe = check_choice(cpe, "cpe", CPE_MODES, "PyramidSparseAttention")
@@ -182,6 +184,14 @@ class PyramidSparseAttention(nn.Module):
             self.topk = env
         if os.environ.get(ENV_TRAIN_TOPK, "").strip():
             self.train_topk = env_train_topk()
+
+    def __deepcopy__(self, memo):
+        """A copy keeps the k it was given (``set_topk``): the environment applies when a checkpoint is loaded, not on
+        the copies Ultralytics makes (the validator's, the EMA)."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        nn.Module.__setstate__(new, copy.deepcopy(self.__getstate__(), memo))
+        return new
 
     def __getstate__(self):
         state = self.__dict__.copy()

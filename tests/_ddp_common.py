@@ -22,7 +22,8 @@ print("DDPFILE", generate_ddp_file(t))
 # Appended to the worker script (inside its ``if __name__ == "__main__":``): what the worker trained.
 _PROBE = """
     from pst_yolo.modules import PyramidSparseAttention
-    print("PST_TOPKS", sorted({m.topk for m in trainer.model.modules() if isinstance(m, PyramidSparseAttention)}))
+    # fine_k: the k a layer refines with once trained (it validates at its training setting meanwhile; pst_yolo.training)
+    print("PST_TOPKS", sorted({m.fine_k for m in trainer.model.modules() if isinstance(m, PyramidSparseAttention)}))
     print("WORKER_OK", type(trainer.model).__name__)
 """
 

@@ -67,7 +67,10 @@ def test_yolo_val_reproduces_final_training_metrics(trained):
 def test_pst_topk_env_switches_fine_attention_from_the_cli(trained):
     code = "from ultralytics import YOLO; from pst_yolo.modules import PyramidSparseAttention as A; " \
            f"m = YOLO(r'{trained['best']}'); print('TOPK', sorted({{x.topk for x in m.model.modules() if isinstance(x, A)}}))"
-    assert "TOPK [8]" in run([sys.executable, "-c", code], cwd=trained["work"])
+    import torch
+
+    stored = torch.load(trained["best"], weights_only=False)["pst_fine"]["k"]  # chosen when training ended
+    assert f"TOPK [{stored}]" in run([sys.executable, "-c", code], cwd=trained["work"])
     assert "TOPK [0]" in run([sys.executable, "-c", code], cwd=trained["work"], env_extra={"PST_TOPK": "0"})
     log = run([YOLO_CLI, "val", f"model={trained['best']}", f"data={trained['data']}", f"imgsz={IMGSZ}", "batch=16",
                "device=cpu", "plots=False", f"project={trained['root'] / 'runs'}", "name=val_k0"],

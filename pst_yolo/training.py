@@ -1,0 +1,127 @@
+"""PST's fine attention and the stock Ultralytics trainer: what the trainer validates, and what a checkpoint keeps.
+
+PST trains coarse-only and can switch fine attention on at inference without retraining. Ultralytics validates during
+training with the EMA model in eval mode, so left alone every epoch's metric, ``best.pt`` and early stopping would follow
+the fine setting (k = 8), which training never produced, and a checkpoint would deploy it whatever it costs. Two default
+callbacks (registered by ``pst_yolo.integration``) make what the trainer reports the accuracy of what a user deploys:
+
+- ``on_train_start``: every PST layer of the model and of its EMA validates at the setting it trains with
+  (``train_topk``: 0, or ``PST_TRAIN_TOPK``); the layer's own k is kept as ``fine_k``.
+- at the end of the last epoch, before Ultralytics' final validation of ``best.pt``: ``last.pt`` and ``best.pt`` are each
+  validated with fine attention off (k = 0) and on (k = ``fine_k``), through the trainer's own validator; the higher
+  fitness wins (fine attention at a tie). The winner is stored in the checkpoint's PST layers, so ``yolo val``,
+  ``yolo predict`` and ``yolo export`` use it, and with both figures in ``ckpt["pst_fine"]``. ``PST_TOPK`` and
+  :func:`pst_yolo.runtime.set_topk` still override it when a checkpoint is loaded. ``PST_FINE_CHOICE=0`` skips the
+  choice: the checkpoints then keep each layer's own k (the paper's inference setting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from pst_yolo.switches import ENV_TOPK
+
+ENV_CHOICE = "PST_FINE_CHOICE"
+
+
+def pst_attention(net) -> list:
+    """The PyramidSparseAttention modules of ``net`` (none for a stock model or None)."""
+    from pst_yolo.modules import PyramidSparseAttention
+
+    return [m for m in net.modules() if isinstance(m, PyramidSparseAttention)] if net is not None else []
+
+
+def configured_k(layers) -> int:
+    """The fine setting the layers were built with (the largest, if they differ; 0 if none refines)."""
+    return max((m.topk if m.fine_k is None else m.fine_k for m in layers if m.attn == "softmax"), default=0)
+
+
+def on_train_start(trainer) -> None:
+    """Validate at the training setting: each layer's k (from its YAML row, ``PST_TOPK`` or ``set_topk``) becomes its
+    ``fine_k`` and its active k its ``train_topk``; a resumed run keeps the ``fine_k`` its checkpoint carries."""
+    resumed = getattr(trainer, "start_epoch", 0) > 0
+    for net in (trainer.model, getattr(trainer.ema, "ema", None)):
+        for m in pst_attention(net):
+            if not (resumed and m.fine_k is not None):
+                m.fine_k = m.topk
+            m.topk = m.train_topk
+
+
+def on_fit_epoch_end(trainer) -> None:
+    """After the last epoch's checkpoints are written (and before the final validation): choose and store the fine
+    setting of ``last.pt`` and ``best.pt``."""
+    from ultralytics.utils import RANK
+
+    if RANK not in {-1, 0} or not trainer.stop or getattr(trainer, "_pst_fine_chosen", False):
+        return
+    trainer._pst_fine_chosen = True  # Ultralytics' final validation runs this callback once more
+    k = configured_k(pst_attention(getattr(trainer.ema, "ema", None)))
+    if k == 0:
+        return
+    keep = os.environ.get(ENV_CHOICE, "1").strip() == "0"
+    done = {}
+    for path in (Path(trainer.last), Path(trainer.best)):
+        if path.is_file():
+            done[path] = choose_fine(trainer.validator, path, k, keep=keep, previous=done)
+
+
+def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dict | None = None) -> dict:
+    """Validate checkpoint ``path`` at k = 0 and k = ``k``, store the winner in it; returns ``ckpt["pst_fine"]``.
+
+    Args:
+        validator: An Ultralytics validator (the trainer's: same data, image size and batch as training).
+        path (Path): The checkpoint, rewritten in place.
+        k (int): The fine setting to try against k = 0.
+        keep (bool): Do not choose: store ``k`` (the layers' own setting), with both figures.
+        previous (dict | None): Choices already made in this run, by path: a checkpoint of the same epoch reuses them.
+    """
+    from ultralytics.utils import LOGGER
+    from ultralytics.utils.patches import torch_load
+
+    ckpt = torch_load(path, map_location="cpu")
+    same = next((c for p, c in (previous or {}).items() if c.get("epoch") == ckpt.get("epoch")), None)
+    if same is not None:
+        fitness = same["fitness"]
+    else:
+        fitness = {str(kk): _validate(validator, path, kk) for kk in (0, k)}
+    chosen = k if keep or fitness[str(k)] >= fitness["0"] else 0
+    for key in ("ema", "model"):
+        for m in pst_attention(ckpt.get(key) if isinstance(ckpt.get(key), torch.nn.Module) else None):
+            m.fine_k = k if m.fine_k is None else m.fine_k
+            m.topk = chosen
+    info = {"k": chosen, "fitness": fitness, "epoch": ckpt.get("epoch"), "chosen_by": "kept" if keep else "fitness"}
+    ckpt["pst_fine"] = info
+    torch.save(ckpt, path)
+    LOGGER.info(f"pst-yolo: fine attention in {path.name}: fitness {fitness['0']:.5f} at k=0, {fitness[str(k)]:.5f} at "
+                f"k={k} -> {'kept' if keep else 'chose'} k={chosen} ({ENV_TOPK}=<k> overrides it at load)")
+    return info
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _validate(validator, path: Path, k: int) -> float:
+    """Fitness of checkpoint ``path`` at fine setting ``k``, loaded the way ``yolo val`` loads it (``PST_TOPK`` is
+    applied as the layers are unpickled); no plots."""
+    plots = validator.args.plots
+    validator.args.plots = False
+    try:
+        with _env(ENV_TOPK, str(k)):
+            stats = validator(model=str(path))
+    finally:
+        validator.args.plots = plots
+    return round(float(stats.get("fitness", 0.0)), 6)
