@@ -5,7 +5,7 @@ dict of named args, see ``pst_yolo.switches``) and, for stacked blocks, the row'
 ``k`` share one training run: k acts at inference only (training is coarse-only, paper Sec. 3 and Table 4a).
 Every trained model is validated twice, with fine attention on (its k) and off (k = 0), and timed on a 1-image batch.
 
-    python scripts/ablate.py --variants default,k16,gating,separate_kv,linear_relu --epochs 3
+    pst-yolo ablate --variants default,k16,gating,separate_kv,linear_relu --epochs 3
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ image size, batch, seeds and extra arguments; PST models are then validated with
 ``ks``), other models once. The result is a Markdown table (mean, spread and per-seed values, ratio to the baseline)
 and a PNG of the learning curves (validation metric per epoch, one line per model: mean over seeds, band = min..max).
 
-    python scripts/compare.py yolo11n.yaml yolo11n-pst.yaml yolo12n.yaml --epochs 25 --seeds 0 1
+    pst-yolo compare yolo11n.yaml yolo11n-pst.yaml yolo12n.yaml --epochs 25 --seeds 0 1
 
 The per-epoch curve is what the trainer validated after each epoch (the EMA model in eval mode, so a PST model runs
 with its own k there); the table's figures come from validating the final weights again with each k.
@@ -18,13 +18,11 @@ import json
 import math
 import os
 import re
-import shutil
 import statistics
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from pst_yolo.runner import STAMP, entry_point
 
 # results.csv columns of the metric the curves show, per task (masks for segmentation, keypoints for pose)
 CURVE_COLUMN = {"detect": "metrics/mAP50-95(B)", "obb": "metrics/mAP50-95(B)", "segment": "metrics/mAP50-95(M)",
@@ -56,13 +54,7 @@ def label_of(model: str) -> str:
 
 def yolo_command() -> list[str]:
     """The stock ``yolo`` entry point of this interpreter's environment."""
-    exe = Path(sys.executable).parent / "yolo"
-    if exe.is_file():
-        return [str(exe)]
-    found = shutil.which("yolo")
-    if found is None:
-        raise RuntimeError("pst-yolo: the `yolo` command is not on PATH; install the project first (pip install -e .)")
-    return [found]
+    return [entry_point("yolo")]
 
 
 def train_command(model, data, seed, settings: dict, project: Path, name: str) -> list[str]:
@@ -80,34 +72,6 @@ def read_curve(results_csv: Path, task: str) -> list[float]:
     if rows and column not in rows[0]:
         raise ValueError(f"pst-yolo: {results_csv} has no column {column!r} (columns: {list(rows[0])})")
     return [float(r[column]) for r in rows]
-
-
-def _finished(run_dir: Path, epochs: int, command: list[str]) -> bool:
-    """A run folder that already holds this exact command's finished training (reused with ``reuse=True``)."""
-    stamp = run_dir / "pst_compare_cmd.json"
-    results = run_dir / "results.csv"
-    if not (stamp.is_file() and results.is_file() and (run_dir / "weights" / "last.pt").is_file()):
-        return False
-    with open(results) as f:
-        done = max(0, sum(1 for _ in f) - 1)
-    return json.loads(stamp.read_text()) == command[1:] and done >= epochs
-
-
-def train(run: Run, data, settings: dict, project: Path, threads: int, reuse: bool) -> Path:
-    """Train one run in a fresh ``yolo`` process; its log goes to ``<run dir>.log``. Returns the run folder."""
-    command = train_command(run.model, data, run.seed, settings, project, run.dir.name)
-    if reuse and _finished(run.dir, int(settings["epochs"]), command):
-        return run.dir
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
-    log = project / f"{run.dir.name}.log"
-    with open(log, "w") as f:
-        proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=project, check=False)
-    if proc.returncode != 0:
-        tail = log.read_text()[-3000:]
-        raise RuntimeError(f"pst-yolo: training {run.label} (seed {run.seed}) failed with exit {proc.returncode}; "
-                           f"log {log}:\n{tail}")
-    (run.dir / "pst_compare_cmd.json").write_text(json.dumps(command[1:]))
-    return run.dir
 
 
 def has_pst(net) -> bool:
@@ -134,7 +98,7 @@ def validate(weights: Path, data, k: int | None, imgsz: int, batch: int, device:
 
 
 def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0, 8), out="runs/compare", jobs=1,
-            device="cpu", weights="last", reuse=False, val_data=None, **train_args) -> dict:
+            device="cpu", weights="last", reuse=True, val_data=None, progress=None, **train_args) -> dict:
     """Train ``models`` with identical settings for every seed, validate, write table.md, curves.png, results.json.
 
     Args:
@@ -145,21 +109,30 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
         epochs, imgsz, batch, device: Training settings shared by every run (validation uses the same imgsz/batch).
         seeds (tuple[int]): One run per model and seed (``seed=s deterministic=True``).
         ks (tuple[int]): Fine-attention settings validated for PST models (0 = coarse only).
-        out (str | Path): Output folder.
+        out (str | Path): Output folder. Running again into it resumes: finished runs with the same arguments are
+            reused, unfinished ones start again; other arguments (data, epochs, ...) are refused (``check_settings``).
         jobs (int): Trainings run at the same time (each gets ``cpu_count // jobs`` threads).
         weights (str): ``"last"`` (the final weights: equal budget, no selection on the validation set) or ``"best"``.
-        reuse (bool): Keep a run whose folder already holds the same finished command.
+        reuse (bool): Reuse finished runs (False: train every run again).
         val_data (str | Path | None): Evaluate the final weights on this data YAML's val split instead of ``data``'s
             (a larger held-out set); the per-epoch curves stay those of ``data``.
+        progress (pst_yolo.progress.Progress | None): Where progress goes (default: stdout, bars on a terminal).
         **train_args: Further ``yolo train`` arguments for every run (e.g. ``close_mosaic=5``, ``pretrained=...``).
 
     Returns:
         (dict): ``settings``, ``task``, ``baseline`` and ``runs`` (one dict per run with its curve and metrics).
+
+    Raises:
+        pst_yolo.runner.Interrupted: Ctrl-C / SIGTERM (every training stopped; run again to resume).
     """
     from ultralytics import YOLO
 
+    from pst_yolo.progress import Progress
+    from pst_yolo.runner import Job, run_jobs
+
     if weights not in ("last", "best"):
         raise ValueError(f"pst-yolo: weights must be 'last' or 'best', got {weights!r}")
+    progress = progress or Progress("pst-yolo compare")
     # runs start in their own folder: a relative path to a model file must not depend on it
     models = [str(Path(m).resolve()) if Path(m).is_file() else str(m) for m in models]
     data, val_data = (str(Path(d).resolve()) if d is not None and Path(d).exists() else d for d in (data, val_data))
@@ -170,26 +143,42 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
     ks = sorted({int(k) for k in ks})
     out = Path(out).resolve()
     project = out / "runs"
-    project.mkdir(parents=True, exist_ok=True)
     task = YOLO(models[0]).task
     if data is None:
         if task != "detect":
             raise ValueError("pst-yolo: built-in comparison data is detection only; pass data= for other tasks")
         from pst_yolo.data import make_detection_dataset
 
-        data = make_detection_dataset(out / "data", n_train=256, n_val=48, imgsz=imgsz)
+        progress.say("generating the built-in demo data")
+        data = str(make_detection_dataset(out / "data", n_train=256, n_val=48, imgsz=imgsz))
     settings = {"epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, **train_args}
+    check_settings(out, {**settings, "data": str(data), "val_data": str(val_data or data), "ks": ks,
+                         "weights": weights})
+    project.mkdir(parents=True, exist_ok=True)
     runs = [Run(lab, m, s, project / f"{lab}-s{s}") for s in seeds for m, lab in zip(models, labels)]
     jobs = max(1, min(int(jobs), len(runs)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ThreadPoolExecutor(jobs) as pool:  # the work happens in subprocesses; threads only wait for them
-        list(pool.map(lambda r: train(r, data, settings, project, threads, reuse), runs))
-    for run in runs:
-        run.curve = read_curve(run.dir / "results.csv", task)
-        w = run.dir / "weights" / f"{weights}.pt"
-        pst = has_pst(YOLO(str(w)).model)
-        for k in ks if pst else [None]:
-            run.metrics[k] = validate(w, val_data or data, k, imgsz, batch, device, task)
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), "YOLO_OFFLINE": "1",
+           "YOLO_AUTOINSTALL": "False"}
+    progress.say(f"{len(runs)} training run(s), {jobs} at a time, {epochs} epochs each, into {out}")
+    if not reuse:
+        for run in runs:
+            (run.dir / STAMP).unlink(missing_ok=True)
+    run_jobs([Job(f"{r.label} s{r.seed}", train_command(r.model, data, r.seed, settings, project, r.dir.name), r.dir,
+                  int(epochs), project, env, CURVE_COLUMN[task]) for r in runs], jobs, progress, out)
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel("WARNING")  # the progress lines say what is validated; the metrics go into the table
+    try:
+        for run in runs:
+            run.curve = read_curve(run.dir / "results.csv", task)
+            w = run.dir / "weights" / f"{weights}.pt"
+            pst = has_pst(YOLO(str(w)).model)
+            for k in ks if pst else [None]:
+                progress.say(f"validating {run.label} s{run.seed} {weights}.pt" + ("" if k is None else f" at k={k}"))
+                run.metrics[k] = validate(w, val_data or data, k, imgsz, batch, device, task)
+    finally:
+        LOGGER.setLevel(level)
     baseline = next((lab for lab, r in zip(labels, runs) if None in r.metrics), None)
     result = {
         "settings": {**settings, "data": str(data), "val_data": str(val_data or data), "seeds": seeds, "ks": ks,
@@ -203,6 +192,27 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
     (out / "table.md").write_text(markdown_table(result))
     plot_curves(result, out / "curves.png")
     return result
+
+
+MANIFEST = "compare.json"
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Refuse to mix runs of other arguments into ``out``: its ``compare.json`` (written on the first run) must hold
+    the same settings; models and seeds may differ (each run is a folder of its own)."""
+    path = out / MANIFEST
+    normal = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        diff = sorted(k for k in stored.keys() | normal.keys() if stored.get(k) != normal.get(k))
+        if diff:
+            was = ", ".join(f"{k}={stored.get(k)!r}" for k in diff)
+            now = ", ".join(f"{k}={normal.get(k)!r}" for k in diff)
+            raise ValueError(f"output folder {out} holds a comparison with other arguments ({was}; now {now}); give "
+                             "another output folder (--out), or delete that one to start over")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(normal, indent=1))
 
 
 def _stats(values: list[float]) -> tuple[float, float]:

@@ -8,7 +8,7 @@ Ultralytics dependency) there under those names; plots then use DejaVu Sans inst
 
     python -m pst_yolo.offline          # seeds the fonts into $YOLO_CONFIG_DIR or Ultralytics' default config folder
 
-The test suite (tests/conftest.py) and the main job (scripts/demo.py) do this for themselves; tests/test_offline.py
+The test suite (tests/conftest.py) and the main job (pst-yolo demo) do this for themselves; tests/test_offline.py
 checks with an audit hook that nothing tries to connect.
 
 A third fetch happens in every TensorFlow export (SavedModel, GraphDef, Edge TPU, TF.js): Ultralytics downloads

@@ -1,6 +1,6 @@
 """Launch-bound cost of a forward pass, measured on any device with ``torch.profiler``: the top-level aten ops (each is
 at least one kernel launch on a GPU) and the host synchronisations (``aten::_local_scalar_dense``: ``bool(tensor)``,
-``.item()``), which stall a GPU stream and rule out CUDA-graph capture. Used by scripts/bench.py and the tests."""
+``.item()``), which stall a GPU stream and rule out CUDA-graph capture. Used by pst-yolo bench and the tests."""
 
 from __future__ import annotations
 

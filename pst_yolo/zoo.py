@@ -1,6 +1,6 @@
 """The shipped PST models (cfg/models) and the paper rows they reproduce, in one table.
 
-Used by ``scripts/model_table.py`` (fidelity table) and the zoo tests. Paper figures: Tables 1-3 of Hu et al.
+Used by ``pst-yolo models`` (fidelity table) and the zoo tests. Paper figures: Tables 1-3 of Hu et al.
 (parameters in millions, GFLOPs as printed in the paper). ``asserted`` marks rows whose parameter count must land within
 ``TOLERANCE`` of the paper (every S, M and ResNet row of Tables 1-3); the paper's N rows are not self-consistent and are
 reported only (see docs/model_zoo.md). Segmentation, pose and OBB models have no paper row (beyond the paper).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU verification (issue 22) as one device call of at most 9 minutes: install the carried wheels, run
-# scripts/gpu_check.py's four sections in order of value, each within its time budget (cli 210 s, kernels 60 s,
+# pst-yolo gpu-check's four sections in order of value, each within its time budget (cli 210 s, kernels 60 s,
 # latency 150 s, memory 45 s), writing gpu_check.md / gpu_check.json / gpu_check.log into $OUT as it goes (a timeout
 # still returns what finished), then print a compact summary. Runbook: docs/performance.md "GPU runbook".
 #
@@ -33,12 +33,11 @@ fi
 echo "gpu_run: installed in $((SECONDS - start)) s; gpu_check for at most $limit s"
 # Run from outside the repository: the installed package (and its start-up hook) is what gets tested.
 work=$(mktemp -d)
-repo=$(pwd)
-(cd "$work" && timeout --signal=INT --kill-after=10 "$limit" "$py" "$repo/scripts/gpu_check.py" "${args[@]}" \
+(cd "$work" && timeout --signal=INT --kill-after=10 "$limit" "$py" -m pst_yolo.tools.gpu_check "${args[@]}" \
   --out "$out" ${GPU_CHECK_ARGS:-}) >"$out/gpu_check.log" 2>&1
 rc=$?
 if [[ -f "$out/gpu_check.json" ]]; then
-  "$py" scripts/gpu_check.py --summary "$out"
+  "$py" -m pst_yolo.tools.gpu_check --summary "$out"
 else
   tail -30 "$out/gpu_check.log"
 fi

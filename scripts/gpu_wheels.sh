@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the lent GPU machine lacks for scripts/gpu_check.py, as files in .whl/ to carry with each run (carry: [".whl"]).
+# What the lent GPU machine lacks for pst-yolo gpu-check, as files in .whl/ to carry with each run (carry: [".whl"]).
 # That machine has Python 3.12, torch, triton, onnx, onnxruntime, opencv-python-headless and no network; it lacks
 # Ultralytics (taken at the version installed here, without its dependencies) and what Ultralytics imports for
 # train/val (polars, ultralytics-thop, ultralytics-platform), onnxslim for exports, sageattention and pst-yolo itself.

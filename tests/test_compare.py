@@ -1,17 +1,19 @@
-"""The side-by-side comparison tool (pst_yolo.compare, scripts/compare.py): real trainings through the stock `yolo`
+"""The side-by-side comparison tool (pst_yolo.compare, pst-yolo compare): real trainings through the stock `yolo`
 command, a Markdown table with the stock baseline, and a learning-curve PNG with one line per model."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pst_yolo.runner import entry_point
+
 REPO = Path(__file__).resolve().parents[1]
+PST_YOLO = entry_point("pst-yolo")  # the installed command next to this interpreter
 
 
 @pytest.mark.slow
@@ -23,7 +25,7 @@ def test_compare_trains_two_models_and_writes_table_and_curves(tmp_path):
 
     data = make_detection_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64)
     out = tmp_path / "cmp"
-    cmd = [sys.executable, str(REPO / "scripts" / "compare.py"), "yolo11n.yaml", "yolo11n-pst.yaml", "--data", str(data),
+    cmd = [PST_YOLO, "compare", "yolo11n.yaml", "yolo11n-pst.yaml", "--data", str(data),
            "--epochs", "1", "--imgsz", "64", "--batch", "4", "--seeds", "0", "--k", "0", "8", "--jobs", "2",
            "--out", str(out), "--train", "mosaic=0"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
@@ -124,7 +126,7 @@ def test_summary_merges_comparisons_run_separately_and_the_cli_takes_comma_lists
     assert merged["settings"]["seeds"] == [0, 1, 2] and len(merged["runs"]) == 6
 
     folders = ",".join(str(tmp_path / n) for n in "abc")
-    p = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--summarize", f"demo={folders}",
+    p = subprocess.run([PST_YOLO, "compare", "--summarize", f"demo={folders}",
                         f"one={tmp_path / 'a'}"], capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| stock | - | 0.3000 ± 0.1000 (3) | 1.00 | 0.2500 ± 0.0707 (2) | 1.00 | 1.000 |" in p.stdout
@@ -142,9 +144,9 @@ def test_merge_refuses_other_budgets_and_repeated_seeds_naming_the_folder(tmp_pa
         merge_results([tmp_path / "e25", tmp_path / "e60"])
     with pytest.raises(ValueError, match=r"stock seed 0 is in both part 1 and part 2"):
         merge_results([_result([0.2], None), _result([0.3], None)])
-    p = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--summarize", "demo"],
+    p = subprocess.run([PST_YOLO, "compare", "--summarize", "demo"],
                        capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 2 and "--summarize takes NAME=OUT[,OUT...], got 'demo'" in p.stderr
-    p = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--summarize",
+    p = subprocess.run([PST_YOLO, "compare", "--summarize",
                         f"demo={tmp_path / 'e25'},{tmp_path / 'e60'}"], capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 2 and "e60 differs from" in p.stderr and "Traceback" not in p.stderr

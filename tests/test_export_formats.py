@@ -5,7 +5,7 @@ Two checkpoints: yolo11n-pst trained briefly on the demo shapes (validated: the 
 model's), and the same checkpoint with its attention sharpened (q/k BatchNorm gains x3, output projection x4), on which
 fine attention moves the raw outputs far more than the formats' own rounding does, so that "the file computes k=8"
 is told apart from "the file computes k=0". The toolchains come with the test extra (ncnn + pnnx, MNN, coremltools).
-The other formats (ExecuTorch, LiteRT, TF SavedModel, PaddlePaddle) need large toolchains; scripts/export_matrix.py
+The other formats (ExecuTorch, LiteRT, TF SavedModel, PaddlePaddle) need large toolchains; pst-yolo export-matrix
 covers them (docs/deployment.md).
 """
 

@@ -1,4 +1,4 @@
-"""scripts/gpu_run.sh / gpu_check.py (the GPU verification of issues 11 and 22) rehearsed small on the CPU: the exact
+"""scripts/gpu_run.sh / ``pst-yolo gpu-check`` (the GPU verification of issues 11 and 22) rehearsed small on the CPU: the exact
 script the one device call runs, so that the first GPU run is not where a typo is found."""
 
 import json
@@ -12,14 +12,14 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "gpu_check.py"
 MODELS = ["yolo11n", "yolo11n-pst k=0", "yolo11n-pst k=8", "yolo11n-pst k=8 chunked", "yolo12n", "yolo12n-pst k=0",
           "yolo12n-pst k=8", "yolo11n-pst-res k=0", "yolo11n-pst-res k=8", "yolo26n", "yolo26n-pst k=0",
           "yolo26n-pst k=8", "yolo26n-pst-res k=0", "yolo26n-pst-res k=8"]
 
 
 def run(*args, cwd):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "pst_yolo.tools.gpu_check", *args], capture_output=True, text=True,
+                          timeout=900, cwd=cwd)
 
 
 @pytest.mark.slow

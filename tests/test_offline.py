@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pst_yolo.compare import yolo_command
+from pst_yolo.runner import entry_point
 
 REPO = Path(__file__).resolve().parents[1]
 HOOK = '''
@@ -86,7 +87,7 @@ def test_stock_cli_and_main_job_stay_offline(audited, tmp_path):
     _run([yolo, "val", f"model={best}", f"data={data}", *common], env, tmp_path)
     _run([yolo, "predict", f"model={best}", f"source={data.parent / 'images' / 'val'}", *common], env, tmp_path)
     _run([yolo, "export", f"model={best}", "format=onnx", "imgsz=64"], env, tmp_path)
-    _run([sys.executable, str(REPO / "scripts" / "demo.py"), "--epochs", "1", "--n-train", "8", "--n-val", "4",
+    _run([entry_point("pst-yolo"), "demo", "--epochs", "1", "--n-train", "8", "--n-val", "4",
           "--imgsz", "64", "--out", str(tmp_path / "demo")], env, tmp_path)
     assert (tmp_path / "demo" / "summary.md").is_file()
     assert not log.exists(), f"network attempts:\n{log.read_text()[:3000]}"

@@ -1,21 +1,19 @@
-"""scripts/ort_profile.py: real exports through the stock exporter, onnxruntime's own profiler, and a table that puts
+"""pst-yolo ort-profile: real exports through the stock exporter, onnxruntime's own profiler, and a table that puts
 the PST layers' node time apart from the rest of the model."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from pst_yolo.runner import entry_point
 
 
 @pytest.mark.slow
 def test_ort_profile_splits_pst_time_from_the_rest(tmp_path):
     pytest.importorskip("onnxruntime")
-    cmd = [sys.executable, str(REPO / "scripts" / "ort_profile.py"), "yolo11n.yaml", "yolo11n-pst.yaml:8",
+    cmd = [entry_point("pst-yolo"), "ort-profile", "yolo11n.yaml", "yolo11n-pst.yaml:8",
            "--imgsz", "64", "--runs", "2", "--warmup", "1", "--threads", "1", "--top", "100", "--workdir", str(tmp_path)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import pst_yolo.fine as fine
 import pst_yolo.modules as modules
 from pst_yolo.visualize import AttentionRecorder, load_model, render, visualize
 
@@ -47,14 +48,14 @@ class SelectionSpy:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        original = modules.select_fine_tokens
+        original = fine.select_fine_tokens
 
         def spy(*args, **kwargs):
             out = original(*args, **kwargs)
             self.calls.append(tuple(t.clone() for t in out))
             return out
 
-        monkeypatch.setattr(modules, "select_fine_tokens", spy)
+        monkeypatch.setattr(fine, "select_fine_tokens", spy)  # where the fine branch calls it
 
 
 def expected_mask(index, valid, fine_hw, size):

@@ -1,8 +1,8 @@
 """Where onnxruntime spends a forward: its own profiler (``SessionOptions.enable_profiling``), node times summed per
 op type, inside the PST layers and in the rest of the model, for several models side by side.
 
-    python scripts/ort_profile.py yolo11n.yaml yolo11n-pst.yaml:0 yolo11n-pst.yaml:8 --imgsz 640 --threads 2
-    python scripts/ort_profile.py a.onnx b.onnx --runs 50
+    pst-yolo ort-profile yolo11n.yaml yolo11n-pst.yaml:0 yolo11n-pst.yaml:8 --imgsz 640 --threads 2
+    pst-yolo ort-profile a.onnx b.onnx --runs 50
 
 A model is an ONNX file or ``<yaml>[:<k>]``, exported here like ``yolo export format=onnx imgsz=<imgsz>`` (static
 shape, onnxslim on) with top-k ``k``. Times are per forward (mean over ``--runs`` after ``--warmup``), in ms; the
@@ -15,17 +15,15 @@ import argparse
 import collections
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser():
+    """The command line of ``pst-yolo ort-profile``."""
+    p = argparse.ArgumentParser(prog="pst-yolo ort-profile", description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="+", help="ONNX files or <yaml>[:<k>] specs")
     p.add_argument("--imgsz", type=int, default=640, help="export size for <yaml> specs")
     p.add_argument("--runs", type=int, default=20)
@@ -33,13 +31,13 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="onnxruntime intra-op threads")
     p.add_argument("--top", type=int, default=8, help="op types listed per group")
     p.add_argument("--workdir", default=None, help="where exports and traces go (default: a temp folder)")
-    return p.parse_args(argv)
+    return p
 
 
 def onnx_file(spec: str, imgsz: int, workdir: Path) -> str:
     if spec.endswith(".onnx"):
         return spec
-    from bench import export_onnx
+    from pst_yolo.tools.bench import export_onnx
 
     yaml, _, k = spec.partition(":")
     name = f"{Path(yaml).stem}{'_k' + k if k else ''}_{imgsz}.onnx"
@@ -80,7 +78,7 @@ def profile(path: str, args, workdir: Path) -> tuple[dict, float]:
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)

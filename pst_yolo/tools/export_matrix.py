@@ -3,10 +3,10 @@
 would: ``yolo export model=... format=F`` (a fresh process each), then ``YOLO(exported).val()`` where Ultralytics runs
 the format on a CPU, and a parity check of the raw outputs against PyTorch on the same images.
 
-    python scripts/demo.py                                       # the main job's two checkpoints (or pass your own)
-    python scripts/export_matrix.py                              # every format whose toolchain is installed
-    python scripts/export_matrix.py --formats ncnn coreml --out runs/matrix-ncnn
-    python scripts/export_matrix.py --stock s.pt --pst p.pt --data my.yaml --imgsz 640
+    pst-yolo demo                                       # the main job's checkpoints (or pass your own)
+    pst-yolo export-matrix                              # every format whose toolchain is installed
+    pst-yolo export-matrix --formats ncnn coreml --out runs/matrix-ncnn
+    pst-yolo export-matrix --stock s.pt --pst p.pt --data my.yaml --imgsz 640
 
 Rows: stock, PST k=8 (the checkpoint's default fine attention) and PST k=0 (``PST_TOPK=0``), per format. Columns:
 the exported size, mAP50-95 / mAP50 (the PyTorch figure of the same row in the header row), the largest raw-output
@@ -148,7 +148,7 @@ def worker(args) -> None:
 
 
 def run_worker(model, task, data, images, imgsz, k, raw: Path, val: bool, env=None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", str(model), "--task", task, "--data", str(data), "--images",
+    cmd = [sys.executable, "-m", "pst_yolo.tools.export_matrix", "--worker", str(model), "--task", task, "--data", str(data), "--images",
            str(images), "--imgsz", str(imgsz), "--raw", str(raw), "--tmp", str(raw.parent / "val")]
     cmd += ["--k", str(k)] if k is not None else []
     cmd += ["--val"] if val else []
@@ -240,8 +240,9 @@ def markdown(rows: list[dict], pt: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser():
+    """The command line of ``pst-yolo export-matrix``."""
+    ap = argparse.ArgumentParser(prog="pst-yolo export-matrix", description=__doc__.splitlines()[0])
     ap.add_argument("--stock", default="runs/pst-demo/runs/yolo11n-s0/weights/last.pt")
     ap.add_argument("--pst", default="runs/pst-demo/runs/yolo11n-pst-s0/weights/last.pt")
     ap.add_argument("--data", default="runs/pst-demo/data/data.yaml")
@@ -254,7 +255,11 @@ def main(argv=None):
         ap.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--val", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.worker:
         args.model = args.worker
         return worker(args)
@@ -265,7 +270,7 @@ def main(argv=None):
     stock, pst, data = (Path(p).resolve() for p in (args.stock, args.pst, args.data))
     for p, what in ((stock, "--stock"), (pst, "--pst"), (data, "--data")):
         if not p.exists():
-            raise SystemExit(f"export_matrix: {what} {p} does not exist (run scripts/demo.py first, or pass {what})")
+            raise SystemExit(f"export_matrix: {what} {p} does not exist (run pst-yolo demo first, or pass {what})")
     task = YOLO(str(pst)).task
     images = data.parent / "images" / "val"
     out = Path(args.out).resolve()
@@ -297,4 +302,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

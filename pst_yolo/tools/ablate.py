@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Reproduce the paper's Table 4 ablations: train each PST variant briefly, validate with fine attention on and off.
 
-    python scripts/ablate.py                                   # demo data, default variant set, 3 epochs
-    python scripts/ablate.py --data my.yaml --variants default,k16,n2,gating --epochs 20 --imgsz 640 --device 0
+    pst-yolo ablate                                   # demo data, default variant set, 3 epochs
+    pst-yolo ablate --data my.yaml --variants default,k16,n2,gating --epochs 20 --imgsz 640 --device 0
 
 Variants: default, k0, k16, k32 (or any k<int>), n2, n4, n6 (or any n<int>), gating, linear_relu, linear_elu,
 separate_kv. Prints one Markdown table; variant YAMLs, training runs, table.md and results.json go to --out.
@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 
 
-def main(argv=None):
+def parser():
+    """The command line of ``pst-yolo ablate``."""
     from pst_yolo.ablation import DEFAULT_VARIANTS
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="pst-yolo ablate", description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated variant names")
     ap.add_argument("--data", default=None, help="dataset YAML (or classification folder); default: built-in demo")
     ap.add_argument("--model", default="yolo11-pst.yaml", help="base model YAML with PST rows")
@@ -27,12 +28,15 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="runs/pst_ablation", help="run folder")
     ap.add_argument("--latency-runs", type=int, default=10)
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     from pst_yolo.ablation import run_study
 
-    run_study(args.variants, args.data, args.model, args.scale, args.epochs, args.imgsz, args.batch,
-                     args.device, args.out, args.latency_runs)
+    run_study(args.variants, args.data, args.model, args.scale, args.epochs, args.imgsz, args.batch, args.device,
+              args.out, args.latency_runs)
     print(open(f"{args.out}/table.md").read())
 
 

@@ -8,11 +8,11 @@ Three FLOP figures per model, one forward pass of a batch-1 image (640 for detec
   k=0 is coarse attention only (the network as trained).
 
 Usage:
-    python scripts/model_table.py                 # all shipped models, Markdown to stdout (a few minutes on CPU)
-    python scripts/model_table.py --baselines     # also the stock Ultralytics baselines of the paper's tables
-    python scripts/model_table.py --closed-form   # also the paper's closed-form PST parameter count for the N rows
-    python scripts/model_table.py --only r50-pst.yaml yolo11s-pst.yaml
-    python scripts/model_table.py --cost          # detection cost at 640 and 1280 px next to the stock models
+    pst-yolo models                 # all shipped models, Markdown to stdout (a few minutes on CPU)
+    pst-yolo models --baselines     # also the stock Ultralytics baselines of the paper's tables
+    pst-yolo models --closed-form   # also the paper's closed-form PST parameter count for the N rows
+    pst-yolo models --only r50-pst.yaml yolo11s-pst.yaml
+    pst-yolo models --cost          # detection cost at 640 and 1280 px next to the stock models
 """
 
 from __future__ import annotations
@@ -167,14 +167,19 @@ def cost_table(sizes=(640, 1280)) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser():
+    """The command line of ``pst-yolo models``."""
+    ap = argparse.ArgumentParser(prog="pst-yolo models", description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="model names to measure (default: all shipped)")
     ap.add_argument("--baselines", action="store_true", help="also measure the stock Ultralytics baselines")
     ap.add_argument("--closed-form", action="store_true", help="also print the paper's closed-form PST counts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--cost", action="store_true", help="only the detection cost table at 640 and 1280 px, PST vs stock")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     # explicit attention matmuls: FlopCounterMode counts them, but not SDPA's CPU flash kernel (0 FLOPs in torch 2.14)

@@ -4,10 +4,10 @@ Everything is measured in ONE process and interleaved (each round runs every mod
 noise hits all models alike; figures are medians, and the ratios are what to read. Models are built from YAML with
 random weights (nothing downloads), fused and in eval like Ultralytics inference.
 
-    python scripts/bench.py --quick                 # smoke run (seconds to a minute)
-    python scripts/bench.py                         # full: 320/640/1280, PyTorch + onnxruntime + OpenVINO, op counts,
-                                                    # memory, training
-    python scripts/bench.py --sizes 640 --runs 30 --threads 4 --no-onnx
+    pst-yolo bench --quick                 # smoke run (seconds to a minute)
+    pst-yolo bench                         # full: 320/640/1280, PyTorch + onnxruntime + OpenVINO, op counts, memory,
+                                           # training
+    pst-yolo bench --sizes 640 --runs 30 --threads 4 --no-onnx
 
 Peak memory: every (model, size, engine) runs in a fresh subprocess; after one warm-up forward the resident-set
 high-water mark is reset (``/proc/self/clear_refs``), one forward runs, and the figure is ``VmHWM - VmRSS before``, the
@@ -50,8 +50,9 @@ MODELS = [  # label, yaml, topk (None = stock model), score strategy (pst_yolo.s
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser():
+    """The command line of ``pst-yolo bench``."""
+    p = argparse.ArgumentParser(prog="pst-yolo bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 320 only, few runs, small PSA sweep")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="square input sizes (default 320 640 1280)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per model at 640 (scaled by pixel count)")
@@ -67,6 +68,11 @@ def parse_args(argv=None):
                    help=f"measure only these rows (labels of MODELS: {', '.join(m[0] for m in MODELS)})")
     p.add_argument("--workdir", default="/tmp/pst-bench", help="where ONNX files go")
     p.add_argument("--mem-child", nargs=4, metavar=("ENGINE", "YAML", "TOPK", "SIZE|ONNX"), help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv=None):
+    p = parser()
     a = p.parse_args(argv)
     a.sizes = a.sizes or ([320] if a.quick else [320, 640, 1280])
     a.runs = a.runs or (5 if a.quick else 20)
@@ -335,7 +341,7 @@ def memory(args, labels_yaml, onnx_paths, notes):
             if (label, size) in onnx_paths:
                 jobs.append(("onnx", onnx_paths[(label, size)]))
             for engine, what in jobs:
-                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--mem-child", engine, yaml, str(topk), what]
+                cmd = [sys.executable, "-m", "pst_yolo.tools.bench", "--threads", str(args.threads), "--mem-child", engine, yaml, str(topk), what]
                 p = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
                 try:
                     res[engine] = json.loads(p.stdout.strip().splitlines()[-1])["peak_mib"]
@@ -528,7 +534,7 @@ def main(argv=None):
         print("## Training step (forward + loss + backward, CPU)\n\n" + train_step(args, notes) + "\n")
     if not args.no_psa:
         print("## PSA alone vs full self-attention (c=64, 2 heads, batch 1, CPU)\n\n" + psa_sweep(args) + "\n")
-    print("## GPU\n\nThis benchmark measures the CPU; `scripts/gpu_check.py` measures a CUDA device (latency per kernel and "
+    print("## GPU\n\nThis benchmark measures the CPU; `pst-yolo gpu-check` measures a CUDA device (latency per kernel and "
           "mode, memory, parity).\n")
     if notes:
         print("## Notes\n\n" + "\n".join(f"- {n}" for n in notes))

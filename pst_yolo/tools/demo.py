@@ -2,11 +2,12 @@
 the paper's layout (yolo11n-pst) side by side (stock `yolo train`, same settings and seed) -> validate PST coarse (k=0)
 vs fine (k=8) -> ONNX export of the recommended model -> summary table.
 
-    python scripts/demo.py                 # about 3-4 minutes on a 2-core CPU
-    python scripts/demo.py --epochs 3      # smoke run
+    pst-yolo demo                 # about 4-6 minutes on a 2-core CPU
+    pst-yolo demo epochs=3        # smoke run
 
-Everything runs offline on CPU; the summary table is printed at the end and saved as <out>/summary.md, the learning
-curves as <out>/curves.png.
+Everything runs offline on CPU, with a progress line per training epoch (bars on a terminal); the summary table is
+printed at the end and saved as <out>/summary.md, the learning curves as <out>/curves.png. Ctrl-C stops the trainings;
+the same command again resumes (finished trainings are reused).
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import time
 from pathlib import Path
 
 from pst_yolo.offline import seed_fonts, set_offline_env
-
-# Before Ultralytics is imported (here and in every `yolo` subprocess): no network checks, no auto-installs.
-set_offline_env()
+from pst_yolo.progress import Progress
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser():
+    """The command line of ``pst-yolo demo``."""
+    ap = argparse.ArgumentParser(prog="pst-yolo demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/pst-demo", help="output folder")
     ap.add_argument("--model", default=None, help="PST model YAML name or path (default: pst_yolo.zoo.recommended())")
     ap.add_argument("--paper", default="yolo11n-pst.yaml", help="the paper's layout, trained beside it (empty: skip)")
@@ -35,7 +35,7 @@ def parse_args(argv=None):
     ap.add_argument("--n-val", type=int, default=200, help="generated validation images")
     ap.add_argument("--k", type=int, nargs="+", default=[0, 8], help="top-k values to validate")
     ap.add_argument("--no-export", action="store_true", help="skip the ONNX export step")
-    return ap.parse_args(argv)
+    return ap
 
 
 def latency_ms(weights: Path, imgsz: int, k: int | None, runs: int = 30) -> float:
@@ -78,12 +78,14 @@ def export_onnx(weights: Path, data: Path, imgsz: int) -> str:
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     out = Path(args.out)
+    progress = Progress("pst-yolo demo")
+    progress.say(f"generating {args.n_train} + {args.n_val} demo images at {args.imgsz} px into {out / 'data'}")
+    set_offline_env()  # before Ultralytics is imported (here and in every `yolo` subprocess)
     seed_fonts()  # Ultralytics' dataset check would look for its plot font online otherwise
     from pst_yolo.compare import compare, summary_rows
     from pst_yolo.data import make_detection_dataset
-
     from pst_yolo.zoo import recommended
 
     args.model = args.model or recommended()
@@ -92,7 +94,7 @@ def main(argv=None):
     models = ([args.stock] if args.stock else []) + [args.model] + ([args.paper] if args.paper else [])
     # The Ultralytics defaults a user would run, with a short warm-up and mosaic off for the last 5 of 25 epochs.
     result = compare(models, data, args.epochs, args.imgsz, args.batch, seeds=(args.seed,), ks=args.k, out=out,
-                     jobs=len(models), weights="last", warmup_epochs=1, close_mosaic=5)
+                     jobs=len(models), weights="last", progress=progress, warmup_epochs=1, close_mosaic=5)
     runs = {r["label"]: r for r in result["runs"]}
     rows = summary_rows(result)
     base = next((r["m1"][0] for r in rows if r["model"] == result["baseline"]), None)
@@ -107,15 +109,19 @@ def main(argv=None):
         weights = Path(runs[r["model"]]["dir"]) / "weights" / "last.pt"
         fine = "-" if r["k"] is None else ("off (k=0)" if r["k"] == 0 else f"on (k={r['k']})")
         ratio = f"{r['m1'][0] / base:.2f}" if base else "-"
+        progress.say(f"timing {r['model']} ({fine})")
         ms = latency_ms(weights, args.imgsz, r["k"])
         lines.append(f"| {r['model']} | {fine} | {r['m2'][0]:.4f} | {r['m1'][0]:.4f} | {ratio} | {ms:.2f} |")
     pst_weights = Path(runs[Path(args.model).stem]["dir"]) / "weights" / "last.pt"
+    if not args.no_export:
+        progress.say(f"exporting {pst_weights} to ONNX and predicting with it in onnxruntime")
     onnx = "skipped (--no-export)" if args.no_export else export_onnx(pst_weights, data, args.imgsz)
     lines += ["", f"PST checkpoint: {pst_weights}", f"ONNX: {onnx}", f"learning curves: {out / 'curves.png'}"]
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")
     print("\n" + text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

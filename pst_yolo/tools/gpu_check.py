@@ -20,7 +20,7 @@ it ends, so the one 9-minute device call (``scripts/gpu_run.sh``, which installs
 On a CPU the same code paths run small (``--smoke``; tests/test_gpu_check.py rehearses gpu_run.sh), so the script is
 ready when a GPU is:
 
-    bash scripts/gpu_run.sh --rehearse                                   # or: python scripts/gpu_check.py --device cpu --smoke
+    bash scripts/gpu_run.sh --rehearse                                   # or: pst-yolo gpu-check --device cpu --smoke
 """
 
 from __future__ import annotations
@@ -39,11 +39,9 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (MODELS, build, detection_batch, fmt_ratio, interleaved, k0_of, stock_of,  # noqa: E402  (sibling)
-                   with_strategy)
-
-from pst_yolo.offline import seed_fonts, set_offline_env  # noqa: E402
+from pst_yolo.offline import seed_fonts, set_offline_env
+from pst_yolo.tools.bench import (MODELS, build, detection_batch, fmt_ratio, interleaved, k0_of, stock_of,
+                                  with_strategy)
 
 set_offline_env()  # before Ultralytics is imported, here and in every `yolo` subprocess
 
@@ -61,8 +59,9 @@ PARITY = 1e-3  # |mAP(GPU) - mAP(CPU)| of one checkpoint, issue 11
 PAPER = {"fine overhead": 1.025, "PST-N ms": 1.24, "yolo11n ms": 1.5}
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser():
+    """The command line of ``pst-yolo gpu-check``."""
+    p = argparse.ArgumentParser(prog="pst-yolo gpu-check", description=__doc__.split("\n")[0])
     p.add_argument("--device", default=None, help="CUDA index (default 0) or cpu (default when no GPU is visible)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and few runs: checks the code paths, not the figures")
@@ -75,6 +74,11 @@ def parse_args(argv=None):
                    help=f"time budget per section (default {' '.join(f'{k}={v}' for k, v in BUDGET.items())})")
     p.add_argument("--summary", default=None, metavar="OUT", help="print the compact summary of a finished run's "
                    "gpu_check.json in OUT and exit")
+    return p
+
+
+def parse_args(argv=None):
+    p = parser()
     a = p.parse_args(argv)
     if a.summary:
         return a

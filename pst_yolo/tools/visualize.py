@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Draw what PST attends to: coarse attention mass, chosen fine regions per head, feature heat maps, predictions.
 
-    python scripts/visualize.py --model runs/detect/train/weights/best.pt --source images/ --out vis/
-    python scripts/visualize.py --model yolo11n-pst.yaml --source img.png --out vis/ --imgsz 320 --k 16 --layer 16
+    pst-yolo visualize --model runs/detect/train/weights/best.pt --source images/ --out vis/
+    pst-yolo visualize --model yolo11n-pst.yaml --source img.png --out vis/ --imgsz 320 --k 16 --layer 16
 
 Writes <out>/<image stem>.png and a .json sidecar with the selected fine positions. CPU by default, offline.
 """
@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser():
+    """The command line of ``pst-yolo visualize``."""
+    ap = argparse.ArgumentParser(prog="pst-yolo visualize", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="PST checkpoint (.pt) or model YAML name, e.g. yolo11n-pst.yaml")
     ap.add_argument("--source", required=True, help="image file or folder of images")
     ap.add_argument("--out", required=True, help="output folder for the PNGs")
@@ -24,7 +25,11 @@ def main(argv=None):
     ap.add_argument("--display", type=int, default=320, help="minimum tile size in pixels")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-images", type=int, default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
 
     from pst_yolo.visualize import visualize
 
