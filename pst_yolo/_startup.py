@@ -2,13 +2,14 @@
 
 The stock ``yolo`` command, DDP workers and plain ``python`` never import pst_yolo, so this module puts a tiny finder at
 the front of ``sys.meta_path``. It imports neither torch nor Ultralytics: it only waits until Ultralytics' own modules
-are imported, then runs ``pst_yolo.integration.on_import`` right after each target module has executed. Installing
+(and torch.compile's configuration) are imported, then runs ``pst_yolo.integration.on_import`` right after each target
+module has executed. Installing
 twice is a no-op; a module imported before the hook was installed is handled at once.
 """
 
 import sys
 
-TARGETS = ("ultralytics.utils.checks", "ultralytics.nn.tasks")
+TARGETS = ("ultralytics.utils.checks", "ultralytics.nn.tasks", "torch._dynamo.config")
 
 
 class _PostImportLoader:

@@ -25,6 +25,7 @@ for export only ``reference`` and ``sdpa`` are used (plain ONNX-exportable ops);
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -54,10 +55,22 @@ def reference_attention(q, k, v, mask=None, scale=None):
     MatMul pattern (scale on Q) that TensorRT's attention fusion recognises in an ONNX graph.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if q.dtype in _HALF and not in_export():
+        # float16 logits overflow past 65504 (and bfloat16 ones keep 8 bits): softmax in float32, as SDPA's fused
+        # kernels accumulate; exported graphs keep the plain pattern (TensorRT's fusion does this itself)
+        with no_autocast(q.device.type):
+            mask = mask if mask is None else mask.float()
+            return reference_attention(q.float(), k.float(), v.float(), mask, scale).to(q.dtype)
     logits = (q * scale) @ k.transpose(-2, -1)
     if mask is not None:
         logits = logits + mask
     return logits.softmax(dim=-1) @ v
+
+
+def no_autocast(device_type: str):
+    """Autocast off for ``device_type``; nothing to switch off where autocast does not exist (the meta device)."""
+    available = getattr(torch.amp, "is_autocast_available", lambda d: d in ("cpu", "cuda"))(device_type)
+    return torch.autocast(device_type, enabled=False) if available else contextlib.nullcontext()
 
 
 def sdpa_attention(q, k, v, mask=None, scale=None):

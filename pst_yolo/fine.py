@@ -27,7 +27,7 @@ from pst_yolo import portable
 from pst_yolo.attention import attention
 from pst_yolo.log import log_once
 from pst_yolo.selection import select_fine_tokens
-from pst_yolo.tracing import coarse_reason, current_form, in_export
+from pst_yolo.tracing import coarse_reason, current_form, in_export, is_fake
 
 
 class FineForm:
@@ -127,12 +127,14 @@ def fine_projection(attn, dtype):
     changed (tensor version counters): in an eval loop the folding costs nothing, and no stale weights survive
     ``load_state_dict``, ``fuse()`` or a training step. Not cached while autograd, export or compilation need the
     computation in the graph, nor for inference tensors (weights made under ``torch.inference_mode``, e.g. fused there),
-    which have no versions. The layer never pickles the cache (``PyramidSparseAttention.__getstate__``).
+    which have no versions, nor for fake tensors (no data). The layer never pickles the cache
+    (``PyramidSparseAttention.__getstate__``).
     """
     k, v = attn.fine_kv()
     tensors = [t for m in (k, v) for t in (*m.parameters(), *m.buffers())]
-    cacheable = not (in_export() or torch.compiler.is_compiling() or any(t.is_inference() for t in tensors) or
-                     (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+    cacheable = not (in_export() or torch.compiler.is_compiling()
+                     or any(t.is_inference() or is_fake(t) for t in tensors)
+                     or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
     key = (dtype, *((t.data_ptr(), t._version) for t in tensors)) if cacheable else None
     cached = attn.__dict__.get("_fine_cache")
     if key is not None and cached is not None and cached[0] == key:

@@ -268,8 +268,14 @@ def register() -> None:
 
 
 def on_import(name: str) -> None:
-    """Called by the start-up hook right after ``name`` (an Ultralytics module) has been imported."""
+    """Called by the start-up hook right after ``name`` (an Ultralytics module, or torch.compile's configuration) has
+    been imported."""
     module = sys.modules[name]
+    if name == "torch._dynamo.config":
+        from pst_yolo.log import allow_under_compile
+
+        allow_under_compile(module)
+        return
     try:
         check_ultralytics_version()
     except RuntimeError as e:

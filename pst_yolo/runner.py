@@ -68,7 +68,7 @@ def entry_point(name: str) -> str:
         return str(exe)
     found = shutil.which(name)
     if found is None:
-        raise RuntimeError(f"pst-yolo: the `{name}` command is not on PATH; install the project first (pip install -e .)")
+        raise RuntimeError(f"pst-yolo: the `{name}` command is not on PATH; install the project first (pip install .)")
     return found
 
 

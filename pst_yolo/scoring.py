@@ -32,7 +32,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from pst_yolo.attention import attention, choose_kernel
+from pst_yolo.attention import attention, choose_kernel, no_autocast
 from pst_yolo.extras import load_symbol
 from pst_yolo.log import log_once
 # _STATIC_EXPORT: the tests read the flag here, where static exports are traced
@@ -140,7 +140,7 @@ def coarse_attention(q, k, v, scale: float, backend: str | None = None, strategy
     if how == "lse":
         # Autocast off: q/k/v keep the dtype they have (half under AMP already); autocast would also round fp32
         # inputs to half before the lse, and the selection must not depend on that rounding.
-        with torch.autocast(q.device.type, enabled=False):
+        with no_autocast(q.device.type):
             out, lse = attention_lse(q, k, v, scale, backend)
             return out, scores_from_lse(q, k, lse, scale)
     if how == "export":
@@ -184,7 +184,7 @@ def explicit_attention(q, k, v, scale: float, rows: int | None, scores: bool = T
     """
     acc, exporting = _acc_dtype(q), in_export()
     outs, parts = [], []
-    with torch.autocast(q.device.type, enabled=False):
+    with no_autocast(q.device.type):
         kt, vv = _as(k, acc).transpose(-2, -1), _as(v, acc)
         for i in [0] if rows is None else range(0, q.shape[-2], rows):
             qc = q if rows is None else q[..., i : i + rows, :]
@@ -268,7 +268,7 @@ def scores_from_lse(q, k, lse, scale: float) -> torch.Tensor:
     float32 whatever the model's dtype (the selection must not depend on fp16 rounding); the pass's output is unused.
     """
     acc = _acc_dtype(q)
-    with torch.autocast(q.device.type, enabled=False):
+    with no_autocast(q.device.type):
         b, h, n, _ = q.shape
         keys = torch.cat([_as(q, acc), (_as(lse, acc) * (-1.0 / (8 * scale))).unsqueeze(-1).expand(b, h, n, 8)], -1)
         queries = F.pad(_as(k, acc), (0, 8), value=1.0)

@@ -13,7 +13,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from pst_yolo.tracing import in_export
+from pst_yolo.tracing import in_export, is_fake
 
 
 def block_positions(idx: torch.Tensor, coarse_w: int, fine_h: int, fine_w: int):
@@ -74,7 +74,7 @@ def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_
         # torch.topk orders ties arbitrarily; a stable descending sort keeps the lower index first, like ONNX TopK.
         value, idx = scores.sort(dim=-1, descending=True, stable=True)
         value, idx = value[..., :k], idx[..., :k]
-        if torch.compiler.is_compiling():  # no Python-side cache while the graph is being recorded
+        if torch.compiler.is_compiling() or is_fake(scores):  # no Python-side cache of traced or fake tensors
             positions, inside = block_positions(idx, coarse_w, fine_h, fine_w)
         else:
             table, inside_table = _block_table(scores.shape[-1], coarse_w, fine_h, fine_w, scores.device)

@@ -25,6 +25,14 @@ def in_export() -> bool:
             or torch.compiler.is_exporting())
 
 
+def is_fake(t: torch.Tensor) -> bool:
+    """Whether ``t`` carries no data (a FakeTensor: pst_yolo.fakecuda's device checks, torch.compile's tracing); such
+    tensors must not be cached across calls, where another fake mode would meet them."""
+    from torch._subclasses.fake_tensor import is_fake as _is_fake
+
+    return _is_fake(t)
+
+
 def set_trace_form(form: str, reason: str | None = None, compare: bool = False) -> None:
     """The fine-branch form every PSA traced from now on uses (one of ``FORMS``); ``reason`` explains ``coarse``;
     ``compare``: the portable form may use comparisons instead of floor arithmetic (see :func:`compare_ops`)."""

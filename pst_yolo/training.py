@@ -1,15 +1,16 @@
 """PST's fine attention and the stock Ultralytics trainer: what the trainer validates, and what a checkpoint keeps.
 
 PST trains coarse-only and can switch fine attention on at inference without retraining. Ultralytics validates during
-training with the EMA model in eval mode, so left alone every epoch's metric, ``best.pt`` and early stopping would follow
-the fine setting (k = 8), which training never produced, and a checkpoint would deploy it whatever it costs. Two default
-callbacks (registered by ``pst_yolo.integration``) make what the trainer reports the accuracy of what a user deploys:
+training with the EMA model in eval mode, so left alone every epoch's metric, ``best.pt`` and early stopping would
+follow the fine setting (k = 8), which training never produced, and a checkpoint would deploy it whatever it costs.
+Two default callbacks (registered by ``pst_yolo.integration``) make what the trainer reports the accuracy of what a
+user deploys:
 
 - ``on_train_start``: every PST layer of the model and of its EMA validates at the setting it trains with
   (``train_topk``: 0, or ``PST_TRAIN_TOPK``); the layer's own k is kept as ``fine_k``.
-- at the end of the last epoch, before Ultralytics' final validation of ``best.pt``: ``last.pt`` and ``best.pt`` are each
-  validated with fine attention off (k = 0) and on (k = ``fine_k``), through the trainer's own validator; the higher
-  fitness wins (fine attention at a tie). The winner is stored in the checkpoint's PST layers, so ``yolo val``,
+- at the end of the last epoch, before Ultralytics' final validation of ``best.pt``: ``last.pt`` and ``best.pt`` are
+  each validated with fine attention off (k = 0) and on (k = ``fine_k``), through the trainer's own validator; the
+  higher fitness wins (fine attention at a tie). The winner is stored in the checkpoint's PST layers, so ``yolo val``,
   ``yolo predict`` and ``yolo export`` use it, and with both figures in ``ckpt["pst_fine"]``. ``PST_TOPK`` and
   :func:`pst_yolo.runtime.set_topk` still override it when a checkpoint is loaded. ``PST_FINE_CHOICE=0`` skips the
   choice: the checkpoints then keep each layer's own k (the paper's inference setting).

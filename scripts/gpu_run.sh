@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole GPU verification (issue 22) as one device call of at most 9 minutes: install the carried wheels, run
-# pst-yolo gpu-check's four sections in order of value, each within its time budget (cli 210 s, kernels 60 s,
-# latency 150 s, memory 45 s), writing gpu_check.md / gpu_check.json / gpu_check.log into $OUT as it goes (a timeout
-# still returns what finished), then print a compact summary. Runbook: docs/performance.md "GPU runbook".
+# The whole GPU verification (issue 22) as one device call of at most 9 minutes: install the carried wheels, run the
+# fake-CUDA check first (pst-yolo fake-cuda, at most 90 s: the path CI checks without a GPU), then pst-yolo gpu-check's
+# four sections in order of value, each within its time budget (cli 210 s, kernels 60 s, latency 150 s, memory 45 s;
+# the last one gets what is left), writing fake_cuda.log, gpu_check.md / gpu_check.json / gpu_check.log into $OUT as it
+# goes (a timeout still returns what finished), then print a compact summary. Runbook: docs/performance.md "GPU
+# runbook".
 #
 #   here, once:     bash scripts/gpu_wheels.sh            # what the GPU machine lacks, into .whl/ (git-ignored)
 #   device call:    bash scripts/gpu_run.sh               # carry: [".whl"], timeout_s: 580
@@ -30,9 +32,18 @@ else
   args=(--device 0)
   limit=$((540 - (SECONDS - start)))  # 9 minutes for the whole call
 fi
-echo "gpu_run: installed in $((SECONDS - start)) s; gpu_check for at most $limit s"
 # Run from outside the repository: the installed package (and its start-up hook) is what gets tested.
 work=$(mktemp -d)
+# First the device-cleanliness check of the CUDA path (pst-yolo fake-cuda: what CI checks without a GPU), so the GPU
+# minutes start from a path known to be clean; the rehearsal checks one model.
+fake=(--workers 8)
+[[ "${1:-}" == --rehearse ]] && fake=(--models yolo11n-pst.yaml --no-branches --workers 1)
+fake_start=$SECONDS
+(cd "$work" && timeout --signal=INT --kill-after=10 90 "$py" -m pst_yolo.tools.fakecuda "${fake[@]}") \
+  >"$out/fake_cuda.log" 2>&1
+echo "gpu_run: fake-CUDA check exit $?: $(tail -1 "$out/fake_cuda.log")"
+limit=$((limit - (SECONDS - fake_start)))
+echo "gpu_run: installed in $((SECONDS - start)) s; gpu_check for at most $limit s"
 (cd "$work" && timeout --signal=INT --kill-after=10 "$limit" "$py" -m pst_yolo.tools.gpu_check "${args[@]}" \
   --out "$out" ${GPU_CHECK_ARGS:-}) >"$out/gpu_check.log" 2>&1
 rc=$?

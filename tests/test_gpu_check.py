@@ -32,8 +32,8 @@ def test_gpu_run_rehearsal_on_cpu_fills_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     print(f"CPU rehearsal of scripts/gpu_run.sh: {seconds:.0f} s")
     summary = proc.stdout
-    for line in ("cli: ok", "kernels: ok", "memory: ok", "target host syncs, yolo11n-pst k=8 eval forward: 0 (<= 0) met",
-                 "gpu_check exit 0"):
+    for line in ("gpu_run: fake-CUDA check exit 0: pst-yolo fake-cuda: clean in", "cli: ok", "kernels: ok", "memory: ok",
+                 "target host syncs, yolo11n-pst k=8 eval forward: 0 (<= 0) met", "gpu_check exit 0"):
         assert line in summary, summary
     res = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert all(v["seconds"] <= v["budget"] for v in res["sections"].values())

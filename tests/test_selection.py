@@ -285,3 +285,22 @@ def test_fine_projection_with_inference_tensors():
         x, u = torch.randn(1, 64, 6, 6), torch.randn(1, 64, 3, 3)
         assert torch.equal(attn(x, u), attn(x, u))
     assert "_fine_cache" not in attn.__dict__
+
+
+@pytest.mark.slow
+def test_first_forward_compiles_fullgraph_with_its_log_lines(monkeypatch):
+    """The very first forward of a process compiled with fullgraph=True: the one-time log lines (kernel and score
+    strategy chosen) are emitted inside the traced code, which torch.compile accepts for pst-yolo's logger (registered as
+    reorderable by the start-up hook) instead of breaking the graph."""
+    import pst_yolo.log as log
+
+    monkeypatch.setenv(scoring.ENV_SCORES, "auto")
+    monkeypatch.setattr(log, "_LOGGED", set())  # as in a fresh process: nothing said yet
+    torch.manual_seed(6)
+    attn = PyramidSparseAttention(64, topk=4).eval()
+    x, u = torch.randn(1, 64, 11, 9), torch.randn(1, 64, 6, 5)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(attn, fullgraph=True, dynamic=False)(x, u)
+        torch.testing.assert_close(got, attn(x, u), rtol=1e-4, atol=1e-5)
+    assert log.LOGGER.log in torch._dynamo.config.reorderable_logging_functions

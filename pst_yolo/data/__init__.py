@@ -7,8 +7,8 @@
 - ``clutter``: a second detection set unlike the shapes: glyphs on cluttered, occluded scenes (``pst_yolo.data.clutter``).
 - ``photos``: a third detection set of real photographic pixels with many small (8-32 px) objects: coins, faces, a cat,
   a cup and a motorcycle cut from the photographs bundled with scikit-image (``pst_yolo.data.photos``).
-- ``lookalike``: a fourth detection set where naming an object is the hard part: 16 classes of confusable characters
-  (``0 O Q D C G``, ``8 B 3``, ``E F P R``, ``5 S 6``; ``pst_yolo.data.lookalike``).
+- ``lookalike``: a fourth detection set where naming an object is the hard part: 10 classes of confusable characters
+  (``0 O Q D C G``, ``8 B 3``, ``S``; ``pst_yolo.data.lookalike``).
 
 Usage:
     python -m pst_yolo.data --out demo_data          # writes demo_data/<kind>/ for every kind above

@@ -13,8 +13,8 @@ from pst_yolo.data.writer import box_line, write_yolo
 GLYPHS = ("0", "1", "2", "3", "4")
 
 
-def clutter_background(rng, size):
-    """Oriented gratings, blurred noise and unlabelled strokes: texture and clutter at every scale."""
+def clutter_background(rng, size, strokes=True):
+    """Oriented gratings, blurred noise and (``strokes``) unlabelled strokes: texture and clutter at every scale."""
     import cv2
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -26,7 +26,7 @@ def clutter_background(rng, size):
     noise = cv2.GaussianBlur(rng.normal(0, 40, (size, size, 3)).astype(np.float32), (0, 0), rng.uniform(1, 4))
     img += 128 + noise
     img = np.clip(img, 0, 255).astype(np.uint8)
-    for _ in range(rng.integers(2, 7)):  # distractor strokes and arcs, never labelled
+    for _ in range(rng.integers(2, 7) if strokes else 0):  # distractor strokes and arcs, never labelled
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
         p1, p2 = (tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(2))
         if rng.random() < 0.5:
@@ -63,13 +63,13 @@ def glyph_mask(rng, text, size, fonts=None, height=(0.12, 0.5), thickness=(2.0, 
     return cv2.warpAffine(patch, m, (nw, nh))
 
 
-def glyph_scene(rng, size, texts, count=(1, 5), occluders=True, **glyph):
-    """One image of glyphs (class i draws ``texts[i]``) on a clutter background, with its labels; ``count`` is the
-    [low, high) number of glyphs, ``glyph`` goes to :func:`glyph_mask`. Occluders (filled blobs) hide parts of the
-    glyphs; a glyph less than half visible is not labelled."""
+def glyph_scene(rng, size, texts, count=(1, 5), occluders=True, strokes=True, **glyph):
+    """One image of glyphs (class i draws ``texts[i]``) on a clutter background (with distractor ``strokes``), with
+    its labels; ``count`` is the [low, high) number of glyphs, ``glyph`` goes to :func:`glyph_mask`. Occluders (filled
+    blobs) hide parts of the glyphs; a glyph less than half visible is not labelled."""
     import cv2
 
-    img = clutter_background(rng, size)
+    img = clutter_background(rng, size, strokes)
     owner = np.full((size, size), -1, np.int32)  # which object each pixel shows
     objects = []
     for _ in range(rng.integers(*count)):

@@ -28,6 +28,7 @@ COMMANDS = {
     "ablate": ("ablate", "the paper's Table 4 ablations, trained and validated with fine attention on and off"),
     "data": ("data", "write the generated data sets (shapes for every task, clutter, photos, look-alikes)"),
     "ort-profile": ("ort_profile", "onnxruntime's profiler on exported models: time per op type"),
+    "fake-cuda": ("fakecuda", "the CUDA path of every PST model checked without a GPU, on fake CUDA tensors"),
     "gpu-check": ("gpu_check", "the GPU verification: CUDA training, kernels, latency, memory (--smoke: on CPU)"),
 }
 _PAIR = re.compile(r"^([A-Za-z_][\w-]*)=(.*)$", re.S)
