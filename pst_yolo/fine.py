@@ -20,6 +20,8 @@ Each form also splits a map into heads the way its converters need it (:meth:`Fi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -50,12 +52,21 @@ class FineForm:
         index, valid = select_fine_tokens(scores, topk, attn.threshold, coarse_hw[1], h, w)
         kf, vf = project_fine(attn, gather(x, index, attn.heads))
         vf = torch.where(valid.unsqueeze(-1), vf, 0.0)
-        # Half of finfo.min: finite after adding any logit (finfo.min plus a negative fp16 logit overflows to -inf, and
-        # a row of -inf would be NaN), and still far enough below every real logit that its exp() is exactly 0.
-        # (torch.where builds float32 from a Python scalar, hence float32's bound for float64.)
-        mask = torch.where(valid, 0.0, max(torch.finfo(q.dtype).min, torch.finfo(torch.float32).min) / 2)
-        mask = (mask if mask.dtype == q.dtype else mask.to(q.dtype)).unsqueeze(-2)
-        return attention(q, kf, vf, mask=mask, scale=attn.scale, backend=attn.backend)
+        return attention(q, kf, vf, mask=_mask(valid, q.dtype), scale=attn.scale, backend=attn.backend)
+
+    def joint(self, attn, x, q, k, v, scores, coarse_hw, topk: int) -> torch.Tensor:
+        """One softmax over the coarse keys ``k`` / values ``v`` (B, heads, M, d) whose regions are not refined and the
+        fine tokens of those that are, each fine logit lowered by log 4 (the ``joint`` fusion: a region whose four
+        tokens equal its coarse key keeps its weight, and the output stays a convex combination of values)."""
+        h, w = x.shape[-2:]
+        index, valid, coarse, refined = select_fine_tokens(scores, topk, attn.threshold, coarse_hw[1], h, w, True)
+        kf, vf = project_fine(attn, gather(x, index, attn.heads))
+        positions = torch.arange(k.shape[-2], device=coarse.device)
+        replaced = ((coarse.unsqueeze(-1) == positions) & refined.unsqueeze(-1)).any(-2)  # (B, heads, M)
+        # a token is valid only in a refined region (and a refined region has a valid token): ``valid`` is all it takes
+        keys, values = torch.cat([k, kf], dim=-2), torch.cat([v, torch.where(valid.unsqueeze(-1), vf, 0.0)], dim=-2)
+        mask = torch.cat([_mask(~replaced, q.dtype), _mask(valid, q.dtype, -LOG4)], dim=-1)
+        return attention(q, keys, values, mask=mask, scale=attn.scale, backend=attn.backend)
 
 
 class PortableForm(FineForm):
@@ -70,6 +81,20 @@ class PortableForm(FineForm):
         return t.flatten(2).reshape(t.shape[0], heads, d, -1).transpose(-2, -1).contiguous()
 
     def fine(self, attn, x, q, scores, coarse_hw, topk):
+        kf, vf, valid, _, _ = self._tokens(attn, x, scores, coarse_hw, topk)
+        return portable.masked_attention(q, kf, vf, valid.to(q.dtype), attn.scale)
+
+    def joint(self, attn, x, q, k, v, scores, coarse_hw, topk):
+        kf, vf, valid, onehot, refined = self._tokens(attn, x, scores, coarse_hw, topk)
+        replaced = (onehot * refined.unsqueeze(-1)).sum(dim=-2)  # (B, heads, M) 1 where a coarse key is replaced
+        keys, values = torch.cat([k, kf], dim=-2), torch.cat([v, vf], dim=-2)
+        keep = torch.cat([1.0 - replaced, valid], dim=-1).to(q.dtype)
+        bias = torch.cat([replaced * 0.0, valid * 0.0 - LOG4], dim=-1).to(q.dtype)
+        return portable.masked_attention(q, keys, values, keep, attn.scale, bias)
+
+    def _tokens(self, attn, x, scores, coarse_hw, topk):
+        """Fine keys, values and validity (offset-major), the chosen regions' one-hots (B, heads, k, M) and which of
+        them are refined (float)."""
         h, w = x.shape[-2:]
         onehot, above = portable.select_onehot(scores, topk, attn.threshold)
         hot, inside = portable.block_onehot(onehot, coarse_hw, (h, w))
@@ -79,7 +104,8 @@ class PortableForm(FineForm):
         k, v = attn.fine_kv()
         kf, vf = hot @ self.heads(k(x), attn.heads, attn.head_dim), hot @ self.heads(v(x), attn.heads, attn.head_dim)
         valid = inside * torch.cat([above] * 4, dim=-1)  # tokens are offset-major: [o * k, (o + 1) * k)
-        return portable.masked_attention(q, kf, vf, valid.to(q.dtype), attn.scale)
+        # a region above the threshold always has a valid token: its first, (2r, 2c), lies inside even an odd map
+        return kf, vf, valid, onehot, above
 
 
 class CoarseOnlyForm(FineForm):
@@ -94,6 +120,7 @@ class CoarseOnlyForm(FineForm):
         return 0
 
 
+LOG4 = math.log(4.0)
 EAGER, PORTABLE, COARSE = FineForm(), PortableForm(), CoarseOnlyForm()
 _TRACED = {"graph": EAGER, "portable": PORTABLE, "coarse": COARSE}
 
@@ -101,6 +128,18 @@ _TRACED = {"graph": EAGER, "portable": PORTABLE, "coarse": COARSE}
 def fine_form() -> FineForm:
     """The form of this forward: eager unless a tracer records it for export, then the export's form."""
     return _TRACED[current_form()] if in_export() else EAGER
+
+
+def _mask(keep: torch.Tensor, dtype, value: float = 0.0) -> torch.Tensor:
+    """Additive attention mask (B, heads, 1, T): ``value`` where ``keep``, else a large negative number. Half of
+    finfo.min: finite after adding any logit (finfo.min plus a negative fp16 logit overflows to -inf, and a row of -inf
+    would be NaN), and still far enough below every real logit that its exp() is exactly 0. (torch.where builds float32
+    from a Python scalar, hence float32's bound for float64.)"""
+    mask = torch.where(keep, 0.0, max(torch.finfo(dtype).min, torch.finfo(torch.float32).min) / 2)
+    mask = mask if mask.dtype == dtype else mask.to(dtype)
+    if value:  # in ``dtype``'s precision (a Python scalar in torch.where would be rounded to float32)
+        mask = mask + keep.to(dtype) * value
+    return mask.unsqueeze(-2)
 
 
 def gather(x: torch.Tensor, index: torch.Tensor, heads: int) -> torch.Tensor:

@@ -33,11 +33,13 @@ from pst_yolo.tracing import in_export
 from pst_yolo.switches import (
     CPE_MODES,
     ENV_TRAIN_TOPK,
+    FUSIONS,
     INIT_KINDS,
     check_choice,
     check_branch_scale,
     check_switches,
     check_topk,
+    env_fusion,
     env_topk,
     env_train_topk,
 )
@@ -87,6 +89,8 @@ class PyramidSparseAttention(nn.Module):
             ``"relu"`` / ``"elu"`` (no probabilities, so no fine branch).
         cpe (str): CPE upsampling to the finer grid: ``"bilinear"`` (default, the authors' release), ``"nearest"``
             (pst-yolo 0.1) or ``"none"`` (no CPE: an accuracy-study variant).
+        fusion (str): How fine attention joins the coarse output: ``"add"`` (the paper's eq. 6) or ``"joint"`` (one
+            softmax over the unrefined coarse keys and the refined regions' fine tokens; ``PST_FUSION`` overrides).
 
     Examples:
         >>> attn = PyramidSparseAttention(64).eval()
@@ -96,12 +100,13 @@ class PyramidSparseAttention(nn.Module):
 
     # Class-level defaults of the switches: checkpoints pickled before a switch existed load with the behaviour they
     # were trained with (pst-yolo 0.1 upsampled the CPE with "nearest").
-    gating, shared_kv, attn, cpe = False, True, "softmax", "nearest"
+    gating, shared_kv, attn, cpe, fusion = False, True, "softmax", "nearest", "add"
     train_topk = 0  # fine attention in training forwards (PST_TRAIN_TOPK; 0: coarse-only training, the paper's)
     fine_k = None  # the k this layer was built with, while training validates at train_topk (pst_yolo.training)
 
     def __init__(self, c: int, topk: int = 8, threshold: float = THRESHOLD, backend: str | None = None,
-                 gating: bool = False, shared_kv: bool = True, attn: str = "softmax", cpe: str = "bilinear"):
+                 gating: bool = False, shared_kv: bool = True, attn: str = "softmax", cpe: str = "bilinear",
+                 fusion: str = "add"):
         super().__init__()
         hidden_width(c, 1.0, "PyramidSparseAttention")
         self.heads, self.head_dim, self.scale = c // HEAD_DIM, HEAD_DIM, HEAD_DIM**-0.5
@@ -116,6 +121,7 @@ class PyramidSparseAttention(nn.Module):
             self.pe = Conv(c, c, 7, g=c, act=False)  # CPE on the coarse grid
         self.proj = Conv(c, c, 1, act=False)  # created after pe, as always: the same seed gives the same weights
         self.gating, self.shared_kv, self.attn = check_switches(gating, shared_kv, attn, "PyramidSparseAttention")
+        self.fusion = env_fusion() or check_choice(fusion, "fusion", FUSIONS, "PyramidSparseAttention")
         if self.gating:
             self.gate = nn.Conv1d(2 * c, c, 1)  # eq. 7's Conv1d: one linear map per token of concat(O_c, O_f)
         if not self.shared_kv:
@@ -131,7 +137,7 @@ class PyramidSparseAttention(nn.Module):
         q, k, v = (form.heads(t, self.heads, self.head_dim) for t in (self.q(x), self.k(u), v_map))
         topk = form.topk(self.train_topk if self.training else self.topk)
         out, scores = self.coarse(q, k, v, topk)
-        fine = None if scores is None else form.fine(self, x, q, scores, tuple(u.shape[-2:]), topk)
+        fine = None if scores is None else self.fine_branch(form, x, q, k, v, scores, tuple(u.shape[-2:]), topk)
         out = self.mix(out, fine)
         # b, h, w from the input's shape: traced symbolically, so a dynamic export keeps a dynamic batch and size
         out = out.transpose(-2, -1).reshape(b, self.heads * self.head_dim, h, w)
@@ -146,11 +152,19 @@ class PyramidSparseAttention(nn.Module):
         how = coarse_attention_training if self.training else coarse_attention  # pst_yolo.scoring
         return how(q, k, v, self.scale, self.backend, scores=topk > 0)
 
+    def fine_branch(self, form, x, q, k, v, scores, coarse_hw, topk: int) -> torch.Tensor:
+        """The fine branch in ``form`` (``pst_yolo.fine``): ``O_fine`` for the paper's additive fusion, the whole output
+        for the ``joint`` one (one softmax over the unrefined coarse keys and the refined regions' fine tokens)."""
+        if self.fusion == "joint":
+            return form.joint(self, x, q, k, v, scores, coarse_hw, topk)
+        return form.fine(self, x, q, scores, coarse_hw, topk)
+
     def mix(self, coarse: torch.Tensor, fine: torch.Tensor | None) -> torch.Tensor:
-        """``O_coarse + O_fine`` (eq. 6; ``fine=None``: fine attention off), or the gated mix of eqs. 7-8."""
+        """``O_coarse + O_fine`` (eq. 6; ``fine=None``: fine attention off), the joint output as it is, or the gated mix
+        of eqs. 7-8."""
         if self.gating:
             return gated_mix(self.gate, coarse, fine)
-        return coarse if fine is None else coarse + fine
+        return coarse if fine is None else fine if self.fusion == "joint" else coarse + fine
 
     def fine(self, x, q, scores, coarse_hw, topk: int | None = None) -> torch.Tensor:
         """The fine branch alone (``pst_yolo.fine``), (B, heads, N, d); ``topk`` defaults to ``self.topk``."""
@@ -176,12 +190,13 @@ class PyramidSparseAttention(nn.Module):
                  f"select from; fine attention is off for it (requested k={self.topk} is ignored)", level=30)
 
     def __setstate__(self, state):
-        """Unpickling a checkpoint re-applies ``PST_TOPK`` so ``PST_TOPK=0 yolo val model=best.pt`` works (and
-        ``PST_TRAIN_TOPK``, if set, so fine-tuning from a checkpoint can train the fine branch)."""
+        """Unpickling a checkpoint re-applies ``PST_TOPK`` and ``PST_FUSION``, so ``PST_TOPK=0 yolo val model=best.pt``
+        works (and ``PST_TRAIN_TOPK``, if set, so fine-tuning from a checkpoint can train the fine branch)."""
         super().__setstate__(state)
         env = env_topk()
         if env is not None:
             self.topk = env
+        self.fusion = env_fusion() or self.fusion
         if os.environ.get(ENV_TRAIN_TOPK, "").strip():
             self.train_topk = env_train_topk()
 
@@ -226,6 +241,7 @@ class PSTBlock(nn.Module):
         layer_scale (float | None): Initial weight of the BatchNorm that ends each residual branch (attention ``proj``
             and the MLP's second conv); None keeps BatchNorm's 1. 0 starts the block as the identity (zero-init
             residual); the BN weight stays a learnable per-channel scale and folds away in ``fuse()``.
+        fusion (str): How fine attention joins the coarse output (see ``PyramidSparseAttention``).
     """
 
     def __init__(
@@ -241,10 +257,11 @@ class PSTBlock(nn.Module):
         init="trunc_normal",
         cpe="bilinear",
         layer_scale=None,
+        fusion="add",
     ):
         super().__init__()
         ch = int(c * mlp_ratio)
-        self.attn = PyramidSparseAttention(c, topk, threshold, backend, gating, shared_kv, attn, cpe)
+        self.attn = PyramidSparseAttention(c, topk, threshold, backend, gating, shared_kv, attn, cpe, fusion)
         self.mlp = nn.Sequential(Conv(c, ch, 1), Conv(ch, c, 1, act=False))
         if check_choice(init, "init", INIT_KINDS, "PSTBlock") == "trunc_normal":
             for m in self.modules():
@@ -285,6 +302,7 @@ class PST(nn.Module):
         init (str): Conv init of the PSA blocks, ``"default"`` or ``"trunc_normal"`` (see ``PSTBlock``).
         cpe (str): CPE upsampling, ``"nearest"``, ``"bilinear"`` or ``"none"`` (no CPE).
         layer_scale (float | None): Initial weight of each residual branch's last BatchNorm (see ``PSTBlock``).
+        fusion (str): How fine attention joins the coarse output, ``"add"`` or ``"joint"`` (``PyramidSparseAttention``).
         YAML rows pass these positionally after c2 in this order, or as a trailing dict (see ``pst_yolo.switches``).
 
     Examples:
@@ -310,6 +328,7 @@ class PST(nn.Module):
         init="trunc_normal",
         cpe="bilinear",
         layer_scale=None,
+        fusion="add",
     ):
         super().__init__()
         c_ = hidden_width(c2, e)
@@ -319,7 +338,7 @@ class PST(nn.Module):
         self.cv1 = Conv(c1, c_, 1)
         self.cvup = Conv(c_up, c_, 1)
         self.m = nn.ModuleList(
-            PSTBlock(c_, mlp_ratio, k, threshold, backend, gating, shared_kv, attn, init, cpe, layer_scale)
+            PSTBlock(c_, mlp_ratio, k, threshold, backend, gating, shared_kv, attn, init, cpe, layer_scale, fusion)
             for _ in range(n)
         )
         self.cv2 = Conv((1 + n) * c_, c2, 1)

@@ -113,16 +113,18 @@ def block_onehot(onehot: torch.Tensor, coarse_hw: tuple, fine_hw: tuple):
     return hot, hot.sum(dim=-1)
 
 
-def masked_attention(q, kf, vf, valid, scale: float) -> torch.Tensor:
-    """``softmax(q kf^T * scale + mask) (vf * valid)`` with the mask as a key column; (B, heads, N, d).
+def masked_attention(q, kf, vf, valid, scale: float, bias=None) -> torch.Tensor:
+    """``softmax(q kf^T * scale + mask + bias) (vf * valid)`` with the mask as a key column; (B, heads, N, d).
 
     Args:
         q (torch.Tensor): (B, heads, N, d) queries.
-        kf, vf (torch.Tensor): (B, heads, T, d) fine keys and values.
+        kf, vf (torch.Tensor): (B, heads, T, d) keys and values.
         valid (torch.Tensor): (B, heads, T) float 1/0.
         scale (float): Logit scale.
+        bias (torch.Tensor | None): (B, heads, T) float added to each key's logits (the ``joint`` fusion's -log 4).
     """
     ones = q[..., :1] * 0.0 + 1.0  # computed, not a constant: the tracer would freeze torch.ones' size
     q1 = torch.cat([q * scale, ones], dim=-1)
-    k1 = torch.cat([kf, ((valid - 1.0) * MASK).unsqueeze(-1)], dim=-1)
+    column = (valid - 1.0) * MASK if bias is None else (valid - 1.0) * MASK + bias
+    k1 = torch.cat([kf, column.unsqueeze(-1)], dim=-1)
     return (q1 @ k1.transpose(-2, -1)).softmax(dim=-1) @ (vf * valid.unsqueeze(-1))

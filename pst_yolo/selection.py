@@ -45,7 +45,8 @@ def _block_table(m: int, coarse_w: int, fine_h: int, fine_w: int, device: torch.
         return block_positions(torch.arange(m, device=device), coarse_w, fine_h, fine_w)
 
 
-def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_h: int, fine_w: int):
+def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_h: int, fine_w: int,
+                       regions: bool = False):
     """Choose the top-k coarse tokens and map each to its 2x2 block on the finer grid.
 
     Args:
@@ -55,10 +56,15 @@ def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_
         coarse_w (int): Width of the coarse grid, ``ceil(W/2)``.
         fine_h (int): Height H of the finer grid.
         fine_w (int): Width W of the finer grid.
+        regions (bool): Also return the chosen coarse indices and which of them are refined (the ``joint`` fusion
+            replaces those coarse keys by their fine tokens).
 
     Returns:
-        index (torch.Tensor): Flat fine positions (B, heads, 4k), row-major over (H, W); always in range.
+        index (torch.Tensor): Flat fine positions (B, heads, 4k), region-major (4 per region), row-major over (H, W);
+            always in range.
         valid (torch.Tensor): Bool (B, heads, 4k): chosen, above threshold and inside the map (odd H/W clip).
+        coarse (torch.Tensor): With ``regions``: the chosen coarse indices (B, heads, k).
+        refined (torch.Tensor): With ``regions``: bool (B, heads, k), a region with at least one valid fine token.
     """
     k = int(topk)
     if in_export():
@@ -80,4 +86,6 @@ def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_
             table, inside_table = _block_table(scores.shape[-1], coarse_w, fine_h, fine_w, scores.device)
             positions, inside = table[idx], inside_table[idx]
     valid = inside & (value > threshold).unsqueeze(-1)
+    if regions:
+        return positions.flatten(-2), valid.flatten(-2), idx, valid.any(-1)
     return positions.flatten(-2), valid.flatten(-2)

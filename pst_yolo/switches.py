@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 
 # Order of PST's arguments after (c1, c_up, c2, n); a YAML row lists them after c2 (n comes from the row).
-ARG_ORDER = ("mlp_ratio", "e", "k", "threshold", "backend", "gating", "shared_kv", "attn", "init", "cpe", "layer_scale")
+ARG_ORDER = ("mlp_ratio", "e", "k", "threshold", "backend", "gating", "shared_kv", "attn", "init", "cpe", "layer_scale",
+             "fusion")
 DEFAULTS = {
     "mlp_ratio": 2.0,
     "e": 0.5,
@@ -28,6 +29,7 @@ DEFAULTS = {
     "init": "trunc_normal",
     "cpe": "bilinear",
     "layer_scale": None,
+    "fusion": "add",
 }
 # Coarse attention kinds: softmax (the paper's), or linear attention (Katharopoulos et al. 2020) with a ReLU or
 # ELU+1 feature map; linear attention never forms softmax probabilities, so it has no fine branch.
@@ -36,6 +38,10 @@ ATTN_KINDS = ("softmax", "relu", "elu")
 INIT_KINDS = ("default", "trunc_normal")
 # How the CPE (computed on the coarse grid) is brought to the finer grid; "none" leaves the CPE out (no pe conv).
 CPE_MODES = ("nearest", "bilinear", "none")
+# How fine attention joins the coarse output: the paper's sum (eq. 6), or one softmax over the unrefined coarse keys and
+# the refined regions' fine tokens (pst_yolo.fine; docs/accuracy.md, "Fine attention that never costs").
+FUSIONS = ("add", "joint")
+ENV_FUSION = "PST_FUSION"
 
 
 def check_flag(value, name: str, where: str) -> bool:
@@ -147,3 +153,9 @@ def env_train_topk() -> int:
     if raw is None or raw.strip() == "":
         return 0
     return check_topk(raw, source=f"environment variable {ENV_TRAIN_TOPK}")
+
+
+def env_fusion() -> str | None:
+    """``PST_FUSION``: the fusion every PST model built or loaded in this process uses (None if unset)."""
+    raw = os.environ.get(ENV_FUSION, "").strip()
+    return check_choice(raw, "fusion", FUSIONS, f"environment variable {ENV_FUSION}") if raw else None

@@ -39,7 +39,8 @@ def conv_bn(conv_module, x, act=False):
 
 
 def psa_reference(attn, x, u, fine: bool):
-    """PyramidSparseAttention forward (eval-mode BN) per SPEC eqs. 1-6 in float64, loops for selection and gathering."""
+    """PyramidSparseAttention forward (eval-mode BN) per SPEC eqs. 1-6 in float64, loops for selection and gathering;
+    the ``joint`` fusion as one softmax over the unrefined coarse keys and the refined regions' tokens (-log 4)."""
     x, u = x.double(), u.double()
     b, c, h, w = x.shape
     hu, wu = u.shape[-2:]
@@ -60,10 +61,11 @@ def psa_reference(attn, x, u, fine: bool):
                 s = p.mean(dim=0)
                 kk = min(attn.topk, s.numel())
                 top = sorted(range(s.numel()), key=lambda j: (-float(s[j].detach()), j))[:kk]  # ties: lower index first
-                positions = []
+                positions, refined = [], []
                 for j in top:
                     if s[j] <= attn.threshold:
                         continue
+                    refined.append(j)
                     r, cc = divmod(j, wu)
                     for dr in (0, 1):
                         for dc in (0, 1):
@@ -73,7 +75,12 @@ def psa_reference(attn, x, u, fine: bool):
                 if positions:
                     kf = kf_map[bi, ch].reshape(d, -1).T[positions]
                     vf = vf_map[bi, ch].reshape(d, -1).T[positions]
-                    o = o + torch.softmax(q @ kf.T * scale, dim=-1) @ vf
+                    if getattr(attn, "fusion", "add") == "joint":  # the refined keys' places taken by their tokens
+                        keep = [j for j in range(k.shape[0]) if j not in refined]
+                        logits = torch.cat([q @ k[keep].T * scale, q @ kf.T * scale - math.log(4)], dim=-1)
+                        o = torch.softmax(logits, dim=-1) @ torch.cat([v[keep], vf])
+                    else:
+                        o = o + torch.softmax(q @ kf.T * scale, dim=-1) @ vf
             out[bi, ch] = o.T
     out = out.reshape(b, c, h, w)
     pe = conv_bn(attn.pe, v_map)
