@@ -109,6 +109,7 @@ class Report:
     kernels: dict = field(default_factory=dict)  # op -> sorted input dtype tuples seen inside PST layers
     branches: list = field(default_factory=list)  # "module.function" (-> returned value) in first-call order
     ops: int = 0
+    backward: str = ""  # training: whether the backward ran (it needs a CUDA context: only on a machine with a GPU)
 
     def summary(self) -> str:
         state = "clean" if not self.problems else f"{len(self.problems)} problem(s): " + "; ".join(self.problems[:3])
@@ -430,6 +431,15 @@ def _forward(net, x, batch, train: bool):
     return loss
 
 
+def _backward(loss) -> str:
+    """The backward of a fake-CUDA loss where torch can run it: its autograd engine asks for a CUDA context
+    (``GraphTask::stash_current_streams``) for any CUDA tensor, fake or not, so only on a machine with a GPU."""
+    if not torch.cuda.is_available():
+        return "not run: the autograd engine needs a CUDA context"
+    loss.sum().backward()
+    return "ran"
+
+
 def _described(out) -> list:
     return [(tuple(t.shape), str(t.dtype).replace("torch.", ""), t.device.type) for t in tree_leaves(out)
             if isinstance(t, torch.Tensor)]
@@ -551,6 +561,8 @@ def _fake_run(net, fake_mode, mode, batch, imgsz, data, train, recorded, librari
         stack.enter_context(inspector)
         try:
             out = _forward(net, x, fake_data, train)
+            if train:
+                inspector.report.backward = _backward(out)
         except Exception as e:  # a device / dtype / kernel-rule error: name the layer it happened in
             inspector.report.problems.append(f"{inspector.where() or 'model'}: {type(e).__name__}: "
                                              f"{str(e).splitlines()[0][:300]}")

@@ -20,6 +20,7 @@ Each form also splits a map into heads the way its converters need it (:meth:`Fi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -61,11 +62,14 @@ class FineForm:
         h, w = x.shape[-2:]
         index, valid, coarse, refined = select_fine_tokens(scores, topk, attn.threshold, coarse_hw[1], h, w, True)
         kf, vf = project_fine(attn, gather(x, index, attn.heads))
-        positions = torch.arange(k.shape[-2], device=coarse.device)
-        replaced = ((coarse.unsqueeze(-1) == positions) & refined.unsqueeze(-1)).any(-2)  # (B, heads, M)
-        # a token is valid only in a refined region (and a refined region has a valid token): ``valid`` is all it takes
-        keys, values = torch.cat([k, kf], dim=-2), torch.cat([v, torch.where(valid.unsqueeze(-1), vf, 0.0)], dim=-2)
-        mask = torch.cat([_mask(~replaced, q.dtype), _mask(valid, q.dtype, -LOG4)], dim=-1)
+        # A token is valid only in a refined region (and a refined region has a valid token): ``valid`` is all it takes.
+        # No row is fully masked (the unrefined coarse keys, or the refined ones' tokens, remain), so the masked tokens'
+        # values (finite: gathered in range) get a weight of exactly 0 and need no zeroing.
+        keys, values = torch.cat([k, kf], dim=-2), torch.cat([v, vf], dim=-2)
+        # where(replaced coarse key | valid fine token, [-big.. | -log 4..], [0.. | -big..]): one select for both parts
+        flags = torch.cat([_replaced(coarse, refined, k.shape[-2]), valid], dim=-1)  # (B, heads, M + 4k)
+        on, off = _joint_logits(k.shape[-2], valid.shape[-1], q.dtype, q.device)
+        mask = torch.where(flags, on, off).unsqueeze(-2)
         return attention(q, keys, values, mask=mask, scale=attn.scale, backend=attn.backend)
 
 
@@ -130,16 +134,47 @@ def fine_form() -> FineForm:
     return _TRACED[current_form()] if in_export() else EAGER
 
 
-def _mask(keep: torch.Tensor, dtype, value: float = 0.0) -> torch.Tensor:
-    """Additive attention mask (B, heads, 1, T): ``value`` where ``keep``, else a large negative number. Half of
-    finfo.min: finite after adding any logit (finfo.min plus a negative fp16 logit overflows to -inf, and a row of -inf
-    would be NaN), and still far enough below every real logit that its exp() is exactly 0. (torch.where builds float32
-    from a Python scalar, hence float32's bound for float64.)"""
+def _mask(keep: torch.Tensor, dtype) -> torch.Tensor:
+    """Additive attention mask (B, heads, 1, T): 0 where ``keep``, else a large negative number. Half of finfo.min:
+    finite after adding any logit (finfo.min plus a negative fp16 logit overflows to -inf, and a row of -inf would be
+    NaN), and still far enough below every real logit that its exp() is exactly 0. (torch.where builds float32 from a
+    Python scalar, hence float32's bound for float64.)"""
     mask = torch.where(keep, 0.0, max(torch.finfo(dtype).min, torch.finfo(torch.float32).min) / 2)
-    mask = mask if mask.dtype == dtype else mask.to(dtype)
-    if value:  # in ``dtype``'s precision (a Python scalar in torch.where would be rounded to float32)
-        mask = mask + keep.to(dtype) * value
-    return mask.unsqueeze(-2)
+    return (mask if mask.dtype == dtype else mask.to(dtype)).unsqueeze(-2)
+
+
+def _replaced(coarse: torch.Tensor, refined: torch.Tensor, m: int) -> torch.Tensor:
+    """Bool (B, heads, M): the coarse keys whose regions are refined (``coarse`` (B, heads, k) indices, ``refined``
+    which of them count). Traced for export as comparisons (a padded export selection holds indices >= M, which a
+    scatter would write out of bounds)."""
+    if in_export():
+        positions = torch.arange(m, device=coarse.device)
+        return ((coarse.unsqueeze(-1) == positions) & refined.unsqueeze(-1)).any(-2)
+    return torch.zeros(coarse.shape[:-1] + (m,), dtype=torch.bool, device=coarse.device).scatter(-1, coarse, refined)
+
+
+def _logit_pair(m: int, t: int, dtype, device) -> tuple:
+    big = max(torch.finfo(dtype).min, torch.finfo(torch.float32).min) / 2  # as in _mask
+
+    def vector(coarse, fine):
+        return torch.cat([torch.full((m,), coarse, dtype=dtype, device=device),
+                          torch.full((t,), fine, dtype=dtype, device=device)])
+
+    return vector(big, -LOG4), vector(0.0, big)
+
+
+_cached_logit_pair = functools.lru_cache(maxsize=64)(_logit_pair)
+
+
+def _joint_logits(m: int, t: int, dtype, device) -> tuple:
+    """The joint fusion's mask values over M coarse keys and T fine tokens, as (where flagged, where not): a flagged
+    coarse key (its region refined) is masked, a flagged fine token (valid) gets -log 4, an unflagged coarse key 0 and
+    an unflagged token is masked. Constants per size, cached like the block table (computed while tracing, compiling
+    or on fake tensors, which must not be cached)."""
+    if in_export() or torch.compiler.is_compiling() or torch._guards.detect_fake_mode() is not None:
+        return _logit_pair(m, t, dtype, device)
+    with torch.inference_mode(False), torch.no_grad():
+        return _cached_logit_pair(m, t, dtype, device)
 
 
 def gather(x: torch.Tensor, index: torch.Tensor, heads: int) -> torch.Tensor:

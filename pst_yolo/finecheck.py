@@ -128,7 +128,7 @@ def activation_shift(net, x: torch.Tensor, k: int, fusion: str, batch: int = 16)
 
 
 def finecheck(weights, data, imgsz: int, k: int = 8, fusions=("add", "joint"), per_layer: bool = False, bn: int = 0,
-              stats: int = 0, batch: int = 16, device: str = "cpu") -> dict:
+              stats: int = 0, batch: int = 16, device: str = "cpu", bn_data=None) -> dict:
     """Every measurement of the module docstring for one checkpoint; returns a JSON-ready dict.
 
     Args:
@@ -140,6 +140,7 @@ def finecheck(weights, data, imgsz: int, k: int = 8, fusions=("add", "joint"), p
         per_layer (bool): Also fine attention in each PST layer alone.
         bn (int): Training images for the BN re-estimation (0: not measured).
         stats (int): Validation images for the activation shift (0: not measured).
+        bn_data (str | Path | None): Data YAML whose train split feeds the BN re-estimation (default: ``data``).
     """
     from ultralytics import YOLO
     from ultralytics.data.utils import check_det_dataset
@@ -162,12 +163,12 @@ def finecheck(weights, data, imgsz: int, k: int = 8, fusions=("add", "joint"), p
                 configure(net, k, fusion, [i])
                 run(f"{fusion} k={k} layer {i}", net)
     if bn:
-        x = images(info["train"], bn, imgsz)
+        x = images(check_det_dataset(str(bn_data))["train"] if bn_data else info["train"], bn, imgsz)
         for fusion, kk in [("add", 0), *((f, k) for f in fusions)]:
             net = copy.deepcopy(base)
             configure(net, kk, fusion)
             reestimate_bn(net, x, batch)
-            run(f"k=0 + BN re-estimated" if kk == 0 else f"{fusion} k={k} + BN re-estimated", net)
+            run("k=0 + BN re-estimated" if kk == 0 else f"{fusion} k={k} + BN re-estimated", net)
     if stats:
         x = images(info["val"], stats, imgsz)
         for fusion in fusions:

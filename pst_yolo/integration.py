@@ -109,12 +109,12 @@ def pst_channel_rule(i, f, args, ch, n, width, max_channels, m=None, scale=None)
     number of stacked PSA blocks, not a repeat count). ``rest`` may end with a dict of named args
     (``pst_yolo.switches``). ``[[finer, coarser], n, C3k2PST, [c2, c3k, e, {pst args}]]`` becomes
     ``C3k2PST(c1, c_up, c2_scaled, n, c3k, e, pst, residual_init)`` with n the C3k2 repeats and, as for a stock C3k2,
-    c3k forced on at the m/l/x scales; ``residual_init`` is read from the same dict.
+    c3k forced on at the m/l/x scales; ``residual_init`` and ``branch`` are read from the same dict.
     """
     from ultralytics.utils.ops import make_divisible
 
     from pst_yolo.modules import C3k2PST, hidden_width
-    from pst_yolo.switches import ARG_ORDER, DEFAULTS, check_branch_scale, check_switches, yaml_args
+    from pst_yolo.switches import ARG_ORDER, DEFAULTS, check_branch_scale, check_flag, check_switches, yaml_args
 
     name = f"{getattr(m, '__name__', 'PST')} layer {i}"
     if not (isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(x, int) for x in f)):
@@ -131,9 +131,10 @@ def pst_channel_rule(i, f, args, ch, n, width, max_channels, m=None, scale=None)
             raise ValueError(f"{name}: the 4th arg must be a dict of PST args (e.g. {{k: 8}}), got {pst!r}")
         pst = dict(pst or {})
         residual_init = check_branch_scale(pst.pop("residual_init", 0.0), "residual_init", name)
+        branch = check_flag(pst.pop("branch", True), "branch", name)
         rest = yaml_args([pst] if pst else [], name)
         hidden_width(c2, rest[1] if len(rest) > 1 else 0.5, where=f"{name} (c2={args[0]} x width {width} -> {c2})")
-        return c2, [c1, c_up, c2, n, c3k, e, dict(zip(ARG_ORDER, rest)), residual_init], 1
+        return c2, [c1, c_up, c2, n, c3k, e, dict(zip(ARG_ORDER, rest)), residual_init, branch], 1
     rest = yaml_args(args[1:], name)  # a trailing dict of named args becomes positional
     e = rest[1] if len(rest) > 1 else 0.5
     hidden_width(c2, e, where=f"{name} (c2={args[0]} x width {width} -> {c2})")

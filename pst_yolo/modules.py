@@ -36,6 +36,7 @@ from pst_yolo.switches import (
     FUSIONS,
     INIT_KINDS,
     check_choice,
+    check_flag,
     check_branch_scale,
     check_switches,
     check_topk,
@@ -89,8 +90,9 @@ class PyramidSparseAttention(nn.Module):
             ``"relu"`` / ``"elu"`` (no probabilities, so no fine branch).
         cpe (str): CPE upsampling to the finer grid: ``"bilinear"`` (default, the authors' release), ``"nearest"``
             (pst-yolo 0.1) or ``"none"`` (no CPE: an accuracy-study variant).
-        fusion (str): How fine attention joins the coarse output: ``"add"`` (the paper's eq. 6) or ``"joint"`` (one
-            softmax over the unrefined coarse keys and the refined regions' fine tokens; ``PST_FUSION`` overrides).
+        fusion (str): How fine attention joins the coarse output: ``"joint"`` (default: one softmax over the unrefined
+            coarse keys and the refined regions' fine tokens, the output a convex combination of values) or ``"add"``
+            (the paper's eq. 6, ``O_coarse + O_fine``); ``PST_FUSION`` overrides. docs/accuracy.md says why.
 
     Examples:
         >>> attn = PyramidSparseAttention(64).eval()
@@ -99,14 +101,14 @@ class PyramidSparseAttention(nn.Module):
     """
 
     # Class-level defaults of the switches: checkpoints pickled before a switch existed load with the behaviour they
-    # were trained with (pst-yolo 0.1 upsampled the CPE with "nearest").
+    # were trained with (pst-yolo 0.1 upsampled the CPE with "nearest"; before 0.4 fine attention was added, eq. 6).
     gating, shared_kv, attn, cpe, fusion = False, True, "softmax", "nearest", "add"
     train_topk = 0  # fine attention in training forwards (PST_TRAIN_TOPK; 0: coarse-only training, the paper's)
     fine_k = None  # the k this layer was built with, while training validates at train_topk (pst_yolo.training)
 
     def __init__(self, c: int, topk: int = 8, threshold: float = THRESHOLD, backend: str | None = None,
                  gating: bool = False, shared_kv: bool = True, attn: str = "softmax", cpe: str = "bilinear",
-                 fusion: str = "add"):
+                 fusion: str = "joint"):
         super().__init__()
         hidden_width(c, 1.0, "PyramidSparseAttention")
         self.heads, self.head_dim, self.scale = c // HEAD_DIM, HEAD_DIM, HEAD_DIM**-0.5
@@ -121,7 +123,8 @@ class PyramidSparseAttention(nn.Module):
             self.pe = Conv(c, c, 7, g=c, act=False)  # CPE on the coarse grid
         self.proj = Conv(c, c, 1, act=False)  # created after pe, as always: the same seed gives the same weights
         self.gating, self.shared_kv, self.attn = check_switches(gating, shared_kv, attn, "PyramidSparseAttention")
-        self.fusion = env_fusion() or check_choice(fusion, "fusion", FUSIONS, "PyramidSparseAttention")
+        fusion = env_fusion() or check_choice(fusion, "fusion", FUSIONS, "PyramidSparseAttention")
+        self.fusion = "add" if self.gating else fusion  # the gate (eqs. 7-8) mixes O_coarse and O_fine itself
         if self.gating:
             self.gate = nn.Conv1d(2 * c, c, 1)  # eq. 7's Conv1d: one linear map per token of concat(O_c, O_f)
         if not self.shared_kv:
@@ -196,7 +199,7 @@ class PyramidSparseAttention(nn.Module):
         env = env_topk()
         if env is not None:
             self.topk = env
-        self.fusion = env_fusion() or self.fusion
+        self.fusion = "add" if self.gating else env_fusion() or self.fusion
         if os.environ.get(ENV_TRAIN_TOPK, "").strip():
             self.train_topk = env_train_topk()
 
@@ -257,7 +260,7 @@ class PSTBlock(nn.Module):
         init="trunc_normal",
         cpe="bilinear",
         layer_scale=None,
-        fusion="add",
+        fusion="joint",
     ):
         super().__init__()
         ch = int(c * mlp_ratio)
@@ -328,7 +331,7 @@ class PST(nn.Module):
         init="trunc_normal",
         cpe="bilinear",
         layer_scale=None,
-        fusion="add",
+        fusion="joint",
     ):
         super().__init__()
         c_ = hidden_width(c2, e)
@@ -406,6 +409,8 @@ class C3k2PST(nn.Module):
         residual_init (float): Initial weight of the PST's output BatchNorm. 0 (default) starts the block as the stock
             C3k2; a positive value starts the branch active (a study probe: at the CPU budgets of docs/accuracy.md a
             zero-started branch stays small, and one started at 0.3 or 1.0 did not score better).
+        branch (bool): A study probe: False builds the PST (so every later layer gets the random initialisation it
+            gets in the residual model) but never adds it: the stock C3k2 with the residual model's initialisation.
 
     Examples:
         >>> m = C3k2PST(192, 256, 128).eval()
@@ -413,7 +418,9 @@ class C3k2PST(nn.Module):
         torch.Size([1, 128, 40, 40])
     """
 
-    def __init__(self, c1, c_up, c2, n=1, c3k=False, e=0.5, pst=None, residual_init=0.0):
+    branch = True  # the residual PST is added (checkpoints from before the switch)
+
+    def __init__(self, c1, c_up, c2, n=1, c3k=False, e=0.5, pst=None, residual_init=0.0, branch=True):
         super().__init__()
         from ultralytics.nn.modules.block import C3k2
 
@@ -423,6 +430,7 @@ class C3k2PST(nn.Module):
         self.c, self.cv1, self.cv2, self.m = stock.c, stock.cv1, stock.cv2, stock.m  # the stock parameter names
         self.pst = PST(c2, c_up, c2, **(pst or {}))
         nn.init.constant_(self.pst.cv2.bn.weight, residual_init)  # 0: the residual branch starts at exactly 0
+        self.branch = check_flag(branch, "branch", "C3k2PST")
 
     def forward(self, xs) -> torch.Tensor:
         """``[x, u]`` with x (B, c1, H, W), u (B, c_up, ceil(H/2), ceil(W/2)) -> (B, c2, H, W)."""
@@ -433,4 +441,4 @@ class C3k2PST(nn.Module):
         y = list(self.cv1(x).chunk(2, 1))  # C2f.forward, the stock C3k2's
         y.extend(m(y[-1]) for m in self.m)
         y = self.cv2(torch.cat(y, 1))
-        return y + self.pst([y, u])
+        return y + self.pst([y, u]) if self.branch else y

@@ -64,7 +64,8 @@ def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_
             always in range.
         valid (torch.Tensor): Bool (B, heads, 4k): chosen, above threshold and inside the map (odd H/W clip).
         coarse (torch.Tensor): With ``regions``: the chosen coarse indices (B, heads, k).
-        refined (torch.Tensor): With ``regions``: bool (B, heads, k), a region with at least one valid fine token.
+        refined (torch.Tensor): With ``regions``: bool (B, heads, k), a chosen region above the threshold (it has a
+            valid fine token: its first, (2r, 2c), lies inside even an odd map).
     """
     k = int(topk)
     if in_export():
@@ -85,7 +86,8 @@ def select_fine_tokens(scores, topk: int, threshold: float, coarse_w: int, fine_
         else:
             table, inside_table = _block_table(scores.shape[-1], coarse_w, fine_h, fine_w, scores.device)
             positions, inside = table[idx], inside_table[idx]
-    valid = inside & (value > threshold).unsqueeze(-1)
+    above = value > threshold
+    valid = inside & above.unsqueeze(-1)
     if regions:
-        return positions.flatten(-2), valid.flatten(-2), idx, valid.any(-1)
+        return positions.flatten(-2), valid.flatten(-2), idx, above
     return positions.flatten(-2), valid.flatten(-2)

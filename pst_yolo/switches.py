@@ -29,7 +29,7 @@ DEFAULTS = {
     "init": "trunc_normal",
     "cpe": "bilinear",
     "layer_scale": None,
-    "fusion": "add",
+    "fusion": "joint",
 }
 # Coarse attention kinds: softmax (the paper's), or linear attention (Katharopoulos et al. 2020) with a ReLU or
 # ELU+1 feature map; linear attention never forms softmax probabilities, so it has no fine branch.

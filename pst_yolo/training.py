@@ -90,16 +90,22 @@ def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dic
     else:
         fitness = {str(kk): _validate(validator, path, kk) for kk in (0, k)}
     chosen = k if keep or fitness[str(k)] >= fitness["0"] else 0
-    for key in ("ema", "model"):
-        for m in pst_attention(ckpt.get(key) if isinstance(ckpt.get(key), torch.nn.Module) else None):
-            m.fine_k = k if m.fine_k is None else m.fine_k
-            m.topk = chosen
     info = {"k": chosen, "fitness": fitness, "epoch": ckpt.get("epoch"), "chosen_by": "kept" if keep else "fitness"}
-    ckpt["pst_fine"] = info
+    store_fine(ckpt, info, k)
     torch.save(ckpt, path)
     LOGGER.info(f"pst-yolo: fine attention in {path.name}: fitness {fitness['0']:.5f} at k=0, {fitness[str(k)]:.5f} at "
                 f"k={k} -> {'kept' if keep else 'chose'} k={chosen} ({ENV_TOPK}=<k> overrides it at load)")
     return info
+
+
+def store_fine(ckpt: dict, info: dict, k: int) -> None:
+    """Put the fine setting ``info["k"]`` into checkpoint dict ``ckpt``: its PST layers' ``topk`` (what ``yolo val``,
+    ``predict`` and ``export`` use), their ``fine_k`` (``k``, the setting tried) and ``ckpt["pst_fine"] = info``."""
+    for key in ("ema", "model"):
+        for m in pst_attention(ckpt.get(key) if isinstance(ckpt.get(key), torch.nn.Module) else None):
+            m.fine_k = k if m.fine_k is None else m.fine_k
+            m.topk = info["k"]
+    ckpt["pst_fine"] = info
 
 
 @contextlib.contextmanager

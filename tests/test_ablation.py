@@ -66,8 +66,8 @@ def test_gating_equals_eq8_with_hand_set_weights():
         assert not torch.allclose(g, g0)
 
 
-def test_default_has_no_gate_and_sums():
-    m = randomize(PyramidSparseAttention(64, topk=3, backend="reference")).double().eval()
+def test_default_has_no_gate_and_sums():  # the paper's additive fusion (eq. 6), by name since 0.4 (joint by default)
+    m = randomize(PyramidSparseAttention(64, topk=3, backend="reference", fusion="add")).double().eval()
     assert not hasattr(m, "gate") and not hasattr(m, "k_fine")
     x, u = pair()
     with torch.no_grad():

@@ -52,7 +52,7 @@ class SelectionSpy:
 
         def spy(*args, **kwargs):
             out = original(*args, **kwargs)
-            self.calls.append(tuple(t.clone() for t in out))
+            self.calls.append(tuple(t.clone() for t in out[:2]))  # (index, valid); the joint fusion also asks for regions
             return out
 
         monkeypatch.setattr(fine, "select_fine_tokens", spy)  # where the fine branch calls it

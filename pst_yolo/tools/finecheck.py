@@ -25,6 +25,7 @@ def parser():
     ap.add_argument("--fusions", nargs="+", default=["add", "joint"], choices=["add", "joint"])
     ap.add_argument("--per-layer", action="store_true", help="also fine attention in each PST layer alone")
     ap.add_argument("--bn", type=int, default=0, metavar="N", help="BN statistics re-estimated from N training images")
+    ap.add_argument("--bn-data", default=None, help="data YAML whose train split feeds --bn (default: --data)")
     ap.add_argument("--stats", type=int, default=0, metavar="N", help="activation shift over N validation images")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     return ap
@@ -41,7 +42,7 @@ def main(argv=None):
     for w in args.weights:
         print(f"pst-yolo finecheck: {w}", flush=True)
         results.append(finecheck(w, args.data, args.imgsz, args.k, tuple(args.fusions), args.per_layer, args.bn,
-                                 args.stats, args.batch, args.device))
+                                 args.stats, args.batch, args.device, args.bn_data))
     print(markdown(results))
     if args.out:
         with open(args.out, "w") as f:

@@ -1,0 +1,105 @@
+"""The fine setting a trained PST checkpoint keeps (pst_yolo.training): the trainer validates at the setting it trains
+with, chooses k=0 or k=8 for last.pt and best.pt when training ends, stores the choice, and the stock ``yolo val``,
+``yolo predict`` and ``yolo export`` use it; ``PST_TOPK`` still overrides it. Real trainings through the stock CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pst_yolo.compare import yolo_command
+from pst_yolo.data import make_detection_dataset
+from pst_yolo.training import pst_attention, store_fine
+
+pytestmark = pytest.mark.slow
+YOLO = yolo_command()[0]
+IMGSZ = 96
+
+
+def _run(*args, cwd, env=None):
+    p = subprocess.run([*args], cwd=cwd, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, **(env or {})})
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-4000:]
+    return out
+
+
+def _map(log: str) -> float:
+    """mAP50-95 of the ``all`` row of the last validation table in a log."""
+    rows = re.findall(r"^\s*all\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s*$", log, re.M)
+    return float(rows[-1])
+
+
+def _ckpt(path):
+    return torch.load(path, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("choice")
+    data = make_detection_dataset(root / "data", n_train=32, n_val=16, imgsz=IMGSZ)
+    log = _run(YOLO, "train", "model=yolo11n-pst.yaml", f"data={data}", "epochs=3", f"imgsz={IMGSZ}", "batch=8",
+               "workers=0", "device=cpu", "seed=0", "deterministic=True", "plots=False", "save_period=1",
+               f"project={root / 'runs'}", "name=t", "exist_ok=True", cwd=root)
+    return dict(root=root, data=data, log=log, weights=root / "runs" / "t" / "weights")
+
+
+def test_checkpoints_store_the_choice_and_the_trainer_reports_it(trained):
+    w = trained["weights"]
+    for name in ("last", "best"):
+        ckpt = _ckpt(w / f"{name}.pt")
+        info = ckpt["pst_fine"]
+        assert set(info["fitness"]) == {"0", "8"} and info["chosen_by"] == "fitness"
+        assert info["k"] == (8 if info["fitness"]["8"] >= info["fitness"]["0"] else 0)
+        layers = pst_attention(ckpt["model"])
+        assert len(layers) == 2 and {(m.topk, m.fine_k) for m in layers} == {(info["k"], 8)}
+        assert f"pst-yolo: fine attention in {name}.pt: fitness" in trained["log"]
+    # mid-training checkpoints hold the setting the trainer validated at: coarse-only, as trained
+    epoch0 = _ckpt(w / "epoch0.pt")
+    assert {m.topk for m in pst_attention(epoch0["ema"])} == {0}
+    # the trainer's final validation (of best.pt) is the stored setting's: `yolo val` reproduces it exactly
+    final = _map(trained["log"].split("Validating")[-1])
+    val = _map(_run(YOLO, "val", f"model={w / 'best.pt'}", f"data={trained['data']}", f"imgsz={IMGSZ}", "batch=8",
+                    "device=cpu", "plots=False", f"project={trained['root'] / 'v'}", "name=a", cwd=trained["root"]))
+    assert val == final
+
+
+@pytest.mark.parametrize("k", [0, 8])
+def test_val_predict_and_export_use_the_stored_setting(trained, tmp_path, k):
+    """A checkpoint storing k (the other outcome of the choice stored by the same function): the stock commands use it,
+    PST_TOPK overrides it."""
+    ckpt = _ckpt(trained["weights"] / "best.pt")
+    store_fine(ckpt, {**ckpt["pst_fine"], "k": k}, 8)
+    weights = tmp_path / f"k{k}.pt"
+    torch.save(ckpt, weights)
+    root, data = trained["root"], trained["data"]
+    common = [f"data={data}", f"imgsz={IMGSZ}", "batch=8", "device=cpu", "plots=False", f"project={tmp_path / 'v'}"]
+    stored = _map(_run(YOLO, "val", f"model={weights}", *common, "name=s", cwd=root))
+    forced = {kk: _map(_run(YOLO, "val", f"model={weights}", *common, f"name=f{kk}", cwd=root,
+                            env={"PST_TOPK": str(kk)})) for kk in (0, 8)}
+    assert stored == forced[k]
+    code = (f"from ultralytics import YOLO; from pst_yolo.training import pst_attention; m = YOLO(r'{weights}'); "
+            f"m.predict(r'{data.parent / 'images' / 'val'}', imgsz={IMGSZ}, device='cpu', verbose=False); "
+            "print('TOPK', sorted({a.topk for a in pst_attention(m.predictor.model.model)}))")
+    assert f"TOPK [{k}]" in _run(sys.executable, "-c", code, cwd=root)
+    onnx = pytest.importorskip("onnx")
+    _run(YOLO, "export", f"model={weights}", "format=onnx", f"imgsz={IMGSZ}", cwd=root)
+    ops = {n.op_type for n in onnx.load(str(weights.with_suffix(".onnx"))).graph.node}
+    assert ("TopK" in ops) == (k > 0)
+
+
+def test_fine_choice_can_be_switched_off(tmp_path):
+    """PST_FINE_CHOICE=0: the checkpoints keep the layers' own k (the paper's inference setting), both figures
+    stored."""
+    data = make_detection_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64)
+    log = _run(YOLO, "train", "model=yolo11n-pst.yaml", f"data={data}", "epochs=1", "imgsz=64", "batch=4", "workers=0",
+               "device=cpu", "plots=False", f"project={tmp_path / 'runs'}", "name=t", cwd=tmp_path,
+               env={"PST_FINE_CHOICE": "0"})
+    info = _ckpt(tmp_path / "runs" / "t" / "weights" / "last.pt")["pst_fine"]
+    assert info["k"] == 8 and info["chosen_by"] == "kept" and set(info["fitness"]) == {"0", "8"}
+    assert "kept k=8" in log
