@@ -3,7 +3,7 @@
 Importing this package is cheap (no torch, no Ultralytics): the names below load on first use.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _LAZY = {
     "PST": "pst_yolo.modules",
@@ -12,6 +12,7 @@ _LAZY = {
     "C3k2PST": "pst_yolo.modules",
     "recommended": "pst_yolo.zoo",
     "set_topk": "pst_yolo.runtime",
+    "set_fusion": "pst_yolo.runtime",
     "register": "pst_yolo.integration",
     "attention": "pst_yolo.attention",
 }

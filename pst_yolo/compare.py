@@ -234,16 +234,17 @@ def summary_rows(result: dict) -> list[dict]:
 
 
 def markdown_table(result: dict) -> str:
-    """The comparison as Markdown: mean +- std over seeds, the per-seed values, and the ratio to the baseline."""
+    """The comparison as Markdown: mean +- std over seeds, the per-seed values, the ratio to the baseline, and the worst
+    seed (its ratio to the baseline's worst): a mean can hide a seed that fails."""
     n1, n2 = METRIC_NAMES[result["task"]]
     rows = summary_rows(result)
     base = next((r for r in rows if r["model"] == result["baseline"]), None)
-    base_mean = statistics.fmean(base["m1"]) if base else None
+    base_mean, base_worst = (statistics.fmean(base["m1"]), min(base["m1"])) if base else (None, None)
     s = result["settings"]
     lines = [
         (f"| model | fine attention | {n1} (mean ± std) | {n2} (mean ± std) | {n1} per seed | "
-         f"vs {result['baseline'] or 'baseline'} |"),
-        "|---|---|---|---|---|---|",
+         f"vs {result['baseline'] or 'baseline'} | worst seed (vs worst) |"),
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m1, sd1 = _stats(r["m1"])
@@ -251,7 +252,9 @@ def markdown_table(result: dict) -> str:
         fine = "-" if r["k"] is None else ("off (k=0)" if r["k"] == 0 else f"on (k={r['k']})")
         ratio = f"{m1 / base_mean:.2f}" if base_mean else "-"
         per_seed = ", ".join(f"{v:.4f}" for v in r["m1"])
-        lines.append(f"| {r['model']} | {fine} | {m1:.4f} ± {sd1:.4f} | {m2:.4f} ± {sd2:.4f} | {per_seed} | {ratio} |")
+        worst = f"{min(r['m1']):.4f}" + (f" ({min(r['m1']) / base_worst:.2f})" if base_worst else "")
+        lines.append(f"| {r['model']} | {fine} | {m1:.4f} ± {sd1:.4f} | {m2:.4f} ± {sd2:.4f} | {per_seed} | {ratio} | "
+                     f"{worst} |")
     shown = ("epochs", "imgsz", "batch", "device", "data", "val_data", "seeds", "ks", "weights")
     extra = {k: v for k, v in s.items() if k not in shown} or "none"
     held_out = f", evaluated on {s['val_data']}" if s.get("val_data", s["data"]) != s["data"] else ""
@@ -302,8 +305,9 @@ def merge_results(parts) -> dict:
 
 def summary_table(results: dict) -> str:
     """Several comparisons side by side (one column per data set), as Markdown: per model and k the mean ± std over
-    seeds, the ratio to that data set's baseline, and the mean of the ratios. Below the table, what it can resolve
-    (``resolution_note``): the baselines' seed noise and the seeds per model a 3% difference needs.
+    seeds, the ratio to that data set's baseline, the mean of the ratios, and per set the worst seed's ratio to the
+    baseline's worst seed. Below the table, what it can resolve (``resolution_note``): the baselines' seed noise and the
+    seeds per model a 3% difference needs.
 
     Args:
         results (dict): data set name -> ``compare()``'s result, a folder holding its results.json, or a list of
@@ -313,18 +317,20 @@ def summary_table(results: dict) -> str:
     cells, order = {}, []
     for name, result in loaded.items():
         rows = summary_rows(result)
-        base = next((statistics.fmean(r["m1"]) for r in rows if r["model"] == result["baseline"] and r["k"] is None),
-                    None)
+        base = next((r["m1"] for r in rows if r["model"] == result["baseline"] and r["k"] is None), None)
         for r in rows:
             key = (r["model"], r["k"])
             if key not in order:
                 order.append(key)
             mean, sd = _stats(r["m1"])
-            cells[key, name] = (mean, sd, len(r["m1"]), mean / base if base else None)
+            cells[key, name] = (mean, sd, len(r["m1"]), mean / statistics.fmean(base) if base else None,
+                                min(r["m1"]) / min(base) if base and min(base) > 0 else None)
     names = list(loaded)
     metric = METRIC_NAMES[next(iter(loaded.values()))["task"]][0]
     head = " | ".join(f"{n}: {metric} (seeds) | ratio" for n in names)
-    lines = [f"| model | fine attention | {head} | mean ratio |", "|---|---|" + "---:|---:|" * len(names) + "---:|"]
+    worst = " | ".join(f"{n}: worst seed ratio" for n in names)
+    lines = [f"| model | fine attention | {head} | mean ratio | {worst} |",
+             "|---|---|" + "---:|---:|" * len(names) + "---:|" + "---:|" * len(names)]
     for model, k in order:
         row, ratios = [], []
         for n in names:
@@ -335,8 +341,11 @@ def summary_table(results: dict) -> str:
             row += [f"{c[0]:.4f} ± {c[1]:.4f} ({c[2]})", "" if c[3] is None else f"{c[3]:.2f}"]
             ratios.append(c[3])
         fine = "-" if k is None else ("off (k=0)" if k == 0 else f"on (k={k})")
-        mean_ratio = f"{statistics.fmean(ratios):.3f}" if ratios and None not in ratios and len(ratios) == len(names) else ""
-        lines.append(f"| {model} | {fine} | " + " | ".join(row) + f" | {mean_ratio} |")
+        full = ratios and None not in ratios and len(ratios) == len(names)
+        mean_ratio = f"{statistics.fmean(ratios):.3f}" if full else ""
+        worsts = [cells.get(((model, k), n)) for n in names]
+        worsts = ["" if c is None or c[4] is None else f"{c[4]:.2f}" for c in worsts]
+        lines.append(f"| {model} | {fine} | " + " | ".join(row) + f" | {mean_ratio} | " + " | ".join(worsts) + " |")
     noise = {n: cells.get(((loaded[n]["baseline"], None), n)) for n in names}
     return "\n".join(lines) + "\n" + resolution_note(
         {n: (c[1] / c[0], c[2]) for n, c in noise.items() if c and c[0] > 0 and c[2] > 1})

@@ -1,10 +1,15 @@
 """The fine branch of Pyramid Sparse Attention (paper eqs. 3-5), one implementation per form of the forward.
 
-Given the queries, the coarse selection scores and the finer map, a form returns the fine attention output
-(B, heads, N, d): every query attends to the 2x2 fine tokens under the top-k coarse regions of its (batch, head),
-whose keys and values are the coarse K/V projections applied to the finer map (Table 4e's parameter sharing). Tokens
-that are not refined (below the threshold, clipped at an odd border) are masked and their values zeroed, so a
-(batch, head) with no refined token contributes exactly 0, with no branch on the data.
+Every query attends to the 2x2 fine tokens under the top-k coarse regions of its (batch, head), whose keys and values
+are the coarse K/V projections applied to the finer map (Table 4e's parameter sharing). A form computes this for the
+layer's fusion (B, heads, N, d):
+
+- :meth:`FineForm.fine` (fusion ``add``, the paper's eq. 6): the fine attention output, added to the coarse one by the
+  layer. Tokens that are not refined (below the threshold, clipped at an odd border) are masked and their values
+  zeroed, so a (batch, head) with no refined token contributes exactly 0, with no branch on the data.
+- :meth:`FineForm.joint` (fusion ``joint``): the whole output, one softmax over the coarse keys whose regions are not
+  refined and the refined regions' fine tokens, their logits lowered by log 4 (a convex combination of values, equal
+  to the coarse output where a region's tokens repeat its key and value).
 
 :func:`fine_form` picks the form once per forward from the export state (``pst_yolo.tracing``):
 

@@ -195,3 +195,32 @@ def markdown(results: list) -> str:
 def summary(values: list) -> str:
     """``mean ± std`` of a list of numbers (std 0 for one)."""
     return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+
+
+TOLERANCE = 0.005  # "fine attention never costs": a setting within this of k=0 on a checkpoint does not cost
+
+
+def matrix(results: list, names=None) -> str:
+    """Checkpoints as rows, settings as columns (mAP50-95), then the mean ± std, the worst checkpoint, the mean
+    difference to k=0, the worst difference, and on how many checkpoints the setting is no worse than k=0 -
+    ``TOLERANCE``.
+
+    Args:
+        results (list): ``finecheck()`` results (or the JSON lists ``pst-yolo finecheck --out`` writes, concatenated).
+        names (dict | None): checkpoint path -> row label (default: the path).
+    """
+    settings = [s for s in results[0]["map"] if all(s in r["map"] for r in results)]
+    lines = ["| checkpoint | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
+    for r in results:
+        label = (names or {}).get(r["weights"], r["weights"])
+        lines.append(f"| {label} | " + " | ".join(f"{r['map'][s][0]:.4f}" for s in settings) + " |")
+    column = {s: [r["map"][s][0] for r in results] for s in settings}
+    diff = {s: [a - b for a, b in zip(column[s], column["k=0"])] for s in settings}
+    rows = {"mean ± std": [summary(column[s]) for s in settings],
+            "worst": [f"{min(column[s]):.4f}" for s in settings],
+            "vs k=0: mean": [f"{statistics.fmean(diff[s]):+.4f}" for s in settings],
+            "vs k=0: worst": [f"{min(diff[s]):+.4f}" for s in settings],
+            f"no worse than k=0 - {TOLERANCE}": [f"{sum(d >= -TOLERANCE for d in diff[s])}/{len(results)}"
+                                                  for s in settings]}
+    lines += [f"| **{name}** | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    return "\n".join(lines) + "\n"

@@ -27,6 +27,9 @@ import torch
 from pst_yolo.switches import ENV_TOPK
 
 ENV_CHOICE = "PST_FINE_CHOICE"
+# Study switch: "1" writes where the gradients go, per epoch, into the run folder (pst_gradients.json): the squared
+# gradient norm summed per top-level layer and the scale of every residual PST branch (its output BatchNorm weight).
+ENV_GRADIENTS = "PST_GRADIENT_LOG"
 
 
 def pst_attention(net) -> list:
@@ -50,6 +53,37 @@ def on_train_start(trainer) -> None:
             if not (resumed and m.fine_k is not None):
                 m.fine_k = m.topk
             m.topk = m.train_topk
+    if os.environ.get(ENV_GRADIENTS) == "1":
+        GradientLog(trainer)
+
+
+class GradientLog:
+    """Where the gradients go (``PST_GRADIENT_LOG=1``): per epoch, each top-level layer's summed squared gradient norm
+    (hooks on its parameters) and each residual PST branch's scale, appended to <run>/pst_gradients.json."""
+
+    def __init__(self, trainer):
+        import json
+
+        from pst_yolo.modules import C3k2PST
+
+        self.sums, self.epochs, self.path = {}, [], Path(trainer.save_dir) / "pst_gradients.json"
+        net = getattr(trainer.model, "module", trainer.model)
+        for i, layer in enumerate(getattr(net, "model", [])):
+            for p in layer.parameters():
+                if p.requires_grad:
+                    p.register_hook(lambda g, i=i: self.add(i, g))
+        branches = {i: m for i, m in enumerate(getattr(net, "model", [])) if isinstance(m, C3k2PST)}
+
+        def epoch_end(trainer):
+            scale = {i: float(m.pst.cv2.bn.weight.abs().mean()) for i, m in branches.items()}
+            self.epochs.append({"epoch": trainer.epoch + 1, "grad_sq": dict(self.sums), "branch_scale": scale})
+            self.sums.clear()
+            self.path.write_text(json.dumps(self.epochs))
+
+        trainer.add_callback("on_train_epoch_end", epoch_end)
+
+    def add(self, layer: int, grad: torch.Tensor) -> None:
+        self.sums[layer] = self.sums.get(layer, 0.0) + float(grad.float().norm()) ** 2
 
 
 def on_fit_epoch_end(trainer) -> None:

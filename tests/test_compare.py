@@ -150,3 +150,17 @@ def test_merge_refuses_other_budgets_and_repeated_seeds_naming_the_folder(tmp_pa
     p = subprocess.run([PST_YOLO, "compare", "--summarize",
                         f"demo={tmp_path / 'e25'},{tmp_path / 'e60'}"], capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 2 and "e60 differs from" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_tables_report_the_worst_seed_against_the_baselines_worst():
+    """A mean hides a seed that fails: both tables give each row's worst seed and its ratio to the baseline's worst."""
+    from pst_yolo.compare import markdown_table, summary_table
+
+    result = _result([0.50, 0.52, 0.48], [0.55, 0.30, 0.53])  # pst: a better mean but one failed seed
+    result["settings"].update(batch=4, device="cpu", data="d.yaml", ks=[8], weights="last")
+    table = markdown_table(result)
+    assert table.splitlines()[0].endswith("| worst seed (vs worst) |")
+    assert "| stock | - | 0.5000 ± 0.0200 |" in table and table.splitlines()[2].endswith("| 0.4800 (1.00) |")
+    assert table.splitlines()[3].endswith("| 0.3000 (0.62) |")
+    summary = summary_table({"a": result})
+    assert "| pst | on (k=8) | 0.4600 ± 0.1389 (3) | 0.92 | 0.920 | 0.62 |" in summary

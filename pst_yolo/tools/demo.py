@@ -77,6 +77,19 @@ def export_onnx(weights: Path, data: Path, imgsz: int) -> str:
     return f"{path} ({time.perf_counter() - t:.1f} s, runs in onnxruntime)"
 
 
+def stored_choice(runs: dict) -> str:
+    """What the trainer stored in each PST model's last.pt: the fine setting it chose and the fitness of both."""
+    import torch
+
+    parts = []
+    for label, run in runs.items():
+        info = torch.load(Path(run["dir"]) / "weights" / "last.pt", weights_only=False).get("pst_fine")
+        if info:
+            fit = ", ".join(f"k={k} {v:.4f}" for k, v in info["fitness"].items())
+            parts.append(f"{label} k={info['k']} (validation fitness {fit})")
+    return "Fine setting each PST checkpoint stores (chosen when training ended): " + ("; ".join(parts) or "none")
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     out = Path(args.out)
@@ -112,6 +125,7 @@ def main(argv=None):
         progress.say(f"timing {r['model']} ({fine})")
         ms = latency_ms(weights, args.imgsz, r["k"])
         lines.append(f"| {r['model']} | {fine} | {r['m2'][0]:.4f} | {r['m1'][0]:.4f} | {ratio} | {ms:.2f} |")
+    lines += ["", stored_choice(runs)]
     pst_weights = Path(runs[Path(args.model).stem]["dir"]) / "weights" / "last.pt"
     if not args.no_export:
         progress.say(f"exporting {pst_weights} to ONNX and predicting with it in onnxruntime")

@@ -3,6 +3,7 @@ the activation shift (pst_yolo.finecheck).
 
     pst-yolo finecheck runs/detect/train/weights/last.pt data=my.yaml imgsz=640
     pst-yolo finecheck a.pt b.pt data=my.yaml imgsz=160 --per-layer --bn 256 --stats 64 --out check.json
+    pst-yolo finecheck --table a.json b.json         # checkpoints x settings, mean, worst, how often fine costs
 
 Prints a Markdown table per checkpoint (mAP50-95 and its difference to k=0) and, with --stats, the activation shift.
 """
@@ -16,8 +17,10 @@ import json
 def parser():
     """The command line of ``pst-yolo finecheck``."""
     ap = argparse.ArgumentParser(prog="pst-yolo finecheck", description=__doc__.splitlines()[0])
-    ap.add_argument("weights", nargs="+", help="PST checkpoints")
-    ap.add_argument("--data", required=True, help="data YAML (val split validated on, train split for --bn)")
+    ap.add_argument("weights", nargs="+", help="PST checkpoints (with --table: JSON files of --out)")
+    ap.add_argument("--data", default=None, help="data YAML (val split validated on, train split for --bn)")
+    ap.add_argument("--table", action="store_true", help="print the checkpoints x settings table of --out JSON files, "
+                                                          "with the mean, the worst and how often a setting costs")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device", default="cpu")
@@ -32,8 +35,16 @@ def parser():
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    from pst_yolo.finecheck import finecheck, markdown
+    ap = parser()
+    args = ap.parse_args(argv)
+    from pst_yolo.finecheck import finecheck, markdown, matrix
+
+    if args.table:
+        results = [r for f in args.weights for r in json.load(open(f))]
+        print(matrix(results))
+        return 0
+    if not args.data:
+        ap.error("--data is required (except with --table)")
     from pst_yolo.offline import seed_fonts, set_offline_env
 
     set_offline_env()

@@ -1,0 +1,115 @@
+"""The sixth look's tables (docs/accuracy.md) from the study's output folders: per data set and seed, stock yolo11n,
+the paper's layout (yolo11n-pst) and the recommended yolo11n-pst-res, k=0 and k=8 on the same weights (both fusions),
+the fine setting the trainer would store, best.pt, and the final training losses.
+
+    python docs/accuracy/sixth_look.py STUDY_DIR      # STUDY_DIR holds out/<set>/<model>-s<seed>/, fc/, fcval/
+
+out/<set>/<model>-s<seed>/ is one ``pst-yolo compare`` run (the trainer's curves and the final weights, re-validated on
+the held-out test split); fc/<set>-<model>-s<seed>-<last|best>.json are ``pst-yolo finecheck --out`` results on the
+test split, fcval/ the same on the trainer's own validation split (k=0 and joint k=8: the end-of-training choice).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+SETS = ("demo", "clutter", "photos", "lookalike")
+SEEDS = range(6)
+TOLERANCE = 0.005
+
+
+def _fc(root: Path, folder: str, set_: str, model: str, seed: int, weights: str = "last"):
+    path = root / folder / f"{set_}-{model}-s{seed}-{weights}.json"
+    return json.loads(path.read_text())[0]["map"] if path.is_file() else None
+
+
+def _stock(root: Path, set_: str, seed: int):
+    path = root / "out" / set_ / f"stock-s{seed}" / "results.json"
+    return json.loads(path.read_text())["runs"][0]["metrics"]["None"][0] if path.is_file() else None
+
+
+def _losses(root: Path, set_: str, model: str, seed: int):
+    """(train cls loss, val cls loss) of the last epoch."""
+    runs = list((root / "out" / set_ / f"{model}-s{seed}" / "runs").glob("*/results.csv"))
+    if not runs:
+        return None
+    with open(runs[0]) as f:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+    return float(rows[-1]["train/cls_loss"]), float(rows[-1]["val/cls_loss"])
+
+
+def _stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "", "", ""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {sd:.4f}", f"{min(values):.4f}", f"{sd / statistics.fmean(values):.1%}"
+
+
+def per_set(root: Path, set_: str) -> str:
+    """One data set: a row per seed, then mean ± std, worst, and the seed spread."""
+    cols = ["stock", "paper k=0", "paper add k=8", "paper joint k=8", "paper stored", "paper best.pt k=0",
+            "paper best.pt joint k=8", "res k=0", "res joint k=8", "res stored"]
+    table = {c: [] for c in cols}
+    lines = ["| seed | " + " | ".join(cols) + " | train cls loss (stock / paper / res) |", "|---:|" + "---:|" * len(cols)
+             + "---|"]
+    for seed in SEEDS:
+        row = {"stock": _stock(root, set_, seed)}
+        for model in ("paper", "res"):
+            test, val = _fc(root, "fc", set_, model, seed), _fc(root, "fcval", set_, model, seed)
+            if test:
+                row[f"{model} k=0"], row[f"{model} joint k=8"] = test["k=0"][0], test["joint k=8"][0]
+                row[f"{model} add k=8"] = test.get("add k=8", [None])[0]
+                if val:  # what the trainer stores: the higher fitness (mAP50-95) on its own validation split
+                    chosen = "joint k=8" if val["joint k=8"][0] >= val["k=0"][0] else "k=0"
+                    row[f"{model} stored"] = test[chosen][0]
+        best = _fc(root, "fc", set_, "paper", seed, "best")
+        if best:
+            row["paper best.pt k=0"], row["paper best.pt joint k=8"] = best["k=0"][0], best["joint k=8"][0]
+        losses = [_losses(root, set_, m, seed) for m in ("stock", "paper", "res")]
+        if all(v is None for v in row.values()):
+            continue
+        for c in cols:
+            table[c].append(row.get(c))
+        cells = ["" if row.get(c) is None else f"{row[c]:.4f}" for c in cols]
+        loss = " / ".join("" if x is None else f"{x[0]:.3f}" for x in losses)
+        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {loss} |")
+    mean, worst, spread = zip(*(_stats(table[c]) for c in cols))
+    lines += [f"| **mean ± std** | " + " | ".join(mean) + " | |", f"| **worst** | " + " | ".join(worst) + " | |",
+              f"| **std / mean** | " + " | ".join(spread) + " | |"]
+    return "\n".join(lines) + "\n"
+
+
+def costs(root: Path) -> str:
+    """Every checkpoint's k=8 - k=0 (both fusions) and the stored setting's: mean, worst, how often within -0.005."""
+    diffs = {}
+    for set_ in SETS:
+        for seed in SEEDS:
+            for model in ("paper", "res"):
+                for weights in ("last", "best"):
+                    test = _fc(root, "fc", set_, model, seed, weights)
+                    if not test:
+                        continue
+                    for fusion in ("add", "joint"):
+                        if f"{fusion} k=8" in test:
+                            diffs.setdefault((model, f"{fusion} k=8"), []).append(test[f"{fusion} k=8"][0] - test["k=0"][0])
+                    val = _fc(root, "fcval", set_, model, seed, weights)
+                    if val:
+                        chosen = "joint k=8" if val["joint k=8"][0] >= val["k=0"][0] else "k=0"
+                        diffs.setdefault((model, "stored (joint k=8 or k=0)"), []).append(test[chosen][0] - test["k=0"][0])
+    lines = ["| model | setting | checkpoints | k=8 - k=0: mean | worst | within -0.005 |", "|---|---|---:|---:|---:|---:|"]
+    for (model, setting), d in sorted(diffs.items()):
+        lines.append(f"| {model} | {setting} | {len(d)} | {statistics.fmean(d):+.4f} | {min(d):+.4f} | "
+                     f"{sum(x >= -TOLERANCE for x in d)}/{len(d)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    for set_ in SETS:
+        print(f"### {set_}\n\n{per_set(root, set_)}")
+    print(f"### Fine attention's cost per checkpoint\n\n{costs(root)}")
