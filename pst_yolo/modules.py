@@ -71,7 +71,36 @@ def hidden_width(c2: int, e: float, where: str = "PST") -> int:
     return c_
 
 
-class PyramidSparseAttention(nn.Module):
+class CheckpointedAttention(nn.Module):
+    """How a PyramidSparseAttention is pickled and copied: the environment's fine settings apply when a checkpoint is
+    loaded, a copy keeps what the live module was given, and derived caches never travel."""
+
+    def __setstate__(self, state):
+        """Unpickling a checkpoint re-applies ``PST_TOPK`` and ``PST_FUSION``, so ``PST_TOPK=0 yolo val model=best.pt``
+        works (and ``PST_TRAIN_TOPK``, if set, so fine-tuning from a checkpoint can train the fine branch)."""
+        super().__setstate__(state)
+        env = env_topk()
+        if env is not None:
+            self.topk = env
+        self.fusion = "add" if self.gating else env_fusion() or self.fusion
+        if os.environ.get(ENV_TRAIN_TOPK, "").strip():
+            self.train_topk = env_train_topk()
+
+    def __deepcopy__(self, memo):
+        """A copy keeps the k it was given (``set_topk``): the environment applies when a checkpoint is loaded, not on
+        the copies Ultralytics makes (the validator's, the EMA)."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        nn.Module.__setstate__(new, copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_fine_cache", None)  # derived from the weights (pst_yolo.fine): never in checkpoints or EMA copies
+        return state
+
+
+class PyramidSparseAttention(CheckpointedAttention):
     """Pyramid Sparse Attention: coarse cross-attention to the coarser map plus top-k sparse fine attention.
 
     Queries come from the finer map ``x`` (B, C, H, W); keys/values from the coarser map ``u`` (B, C, ceil(H/2),
@@ -183,38 +212,18 @@ class PyramidSparseAttention(nn.Module):
 
     def _cpe(self, v_map, h: int, w: int) -> torch.Tensor:
         """Convolutional positional encoding of the coarse values, on the finer (h, w) grid."""
-        pe = self.pe(v_map)
-        if self.cpe == "bilinear":
-            return F.interpolate(pe, size=(h, w), mode="bilinear", align_corners=False)
-        return F.interpolate(pe, scale_factor=2.0, mode="nearest")[..., :h, :w]
+        return upsample(self.pe(v_map), h, w, self.cpe)
 
     def _log_linear_topk(self):
         log_once("linear-attn-topk", f"pst-yolo: linear attention ({self.attn!r}) has no attention probabilities to "
                  f"select from; fine attention is off for it (requested k={self.topk} is ignored)", level=30)
 
-    def __setstate__(self, state):
-        """Unpickling a checkpoint re-applies ``PST_TOPK`` and ``PST_FUSION``, so ``PST_TOPK=0 yolo val model=best.pt``
-        works (and ``PST_TRAIN_TOPK``, if set, so fine-tuning from a checkpoint can train the fine branch)."""
-        super().__setstate__(state)
-        env = env_topk()
-        if env is not None:
-            self.topk = env
-        self.fusion = "add" if self.gating else env_fusion() or self.fusion
-        if os.environ.get(ENV_TRAIN_TOPK, "").strip():
-            self.train_topk = env_train_topk()
 
-    def __deepcopy__(self, memo):
-        """A copy keeps the k it was given (``set_topk``): the environment applies when a checkpoint is loaded, not on
-        the copies Ultralytics makes (the validator's, the EMA)."""
-        new = self.__class__.__new__(self.__class__)
-        memo[id(self)] = new
-        nn.Module.__setstate__(new, copy.deepcopy(self.__getstate__(), memo))
-        return new
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_fine_cache", None)  # derived from the weights (pst_yolo.fine): never in checkpoints or EMA copies
-        return state
+def upsample(pe: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
+    """The coarse-grid CPE on the finer (h, w) grid: bilinear (half-pixel centres), or each cell over its 2x2 block."""
+    if mode == "bilinear":
+        return F.interpolate(pe, size=(h, w), mode="bilinear", align_corners=False)
+    return F.interpolate(pe, scale_factor=2.0, mode="nearest")[..., :h, :w]
 
 
 def gated_mix(gate: nn.Conv1d, coarse: torch.Tensor, fine: torch.Tensor | None) -> torch.Tensor:

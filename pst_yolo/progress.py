@@ -9,6 +9,7 @@ never silent for long. tqdm because it draws several bars at fixed positions and
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
@@ -53,8 +54,11 @@ class Progress:
         if self.tty:
             from tqdm import tqdm
 
+            # the terminal's size, or 100 x 20 where it reports none (a pseudo-terminal without a window): tqdm would
+            # then draw nothing
+            size = shutil.get_terminal_size((100, 20))
             run["bar"] = tqdm(total=total, desc=name, unit="ep", position=len(self.runs) - 1, leave=True,
-                              file=self.stream, dynamic_ncols=True)
+                              file=self.stream, ncols=size.columns, nrows=size.lines)
         else:
             self.say(f"{name}: started{note} ({total} epochs)")
 

@@ -139,3 +139,42 @@ def test_sigterm_is_an_interrupt_too(tmp_path):
     killer.wait()
     assert time.monotonic() - t < 30
     assert _children_of("sleep 600") == []
+
+
+def test_progress_draws_bars_on_a_terminal():
+    """On a terminal (a pseudo-terminal here, which reports no size) every run is a tqdm bar redrawn in place, with
+    its epoch count and last metric; other lines go above the bars."""
+    import os
+    import pty
+    import select
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        from pst_yolo.progress import Progress
+        p = Progress("demo")
+        p.start("run a", 3)
+        p.start("run b", 3)
+        for i in (1, 2, 3):
+            p.epoch("run a", i, "mAP50-95 0.1")
+            p.epoch("run b", i, "mAP50-95 0.2")
+        p.finish("run a")
+        p.finish("run b")
+        p.say("done")
+    """)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    while select.select([master], [], [], 30)[0]:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    assert proc.wait(timeout=30) == 0
+    text = out.decode(errors="replace")
+    assert "\r" in text and "run a: 100%" in text and "run b: 100%" in text and "3/3" in text
+    assert "mAP50-95 0.2" in text and "demo: done" in text
