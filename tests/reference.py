@@ -26,6 +26,18 @@ def randomize(module, seed=0):
     return module
 
 
+def randomize_bn(model, seed=0):
+    """Trained-looking BatchNorm statistics and affine weights (only the BatchNorms), so every projection matters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model
+
+
 def conv_bn(conv_module, x, act=False):
     """Apply an Ultralytics ``Conv`` (conv + eval-mode BN [+ SiLU]) from its parameters, fused or not, in float64."""
     conv = conv_module.conv

@@ -17,20 +17,9 @@ import ultralytics.nn.tasks  # noqa: F401  (registration before pst_yolo.modules
 
 from pst_yolo import scoring
 from pst_yolo.modules import PyramidSparseAttention
-from reference import psa_reference
+from reference import psa_reference, randomize_bn
 
 UNIT = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
-
-
-def _trained_looking(m, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    for b in m.modules():
-        if isinstance(b, torch.nn.BatchNorm2d):
-            b.running_mean.copy_(torch.randn(b.num_features, generator=g) * 0.3)
-            b.running_var.copy_(torch.rand(b.num_features, generator=g) + 0.5)
-            b.weight.data.copy_(torch.rand(b.num_features, generator=g) + 0.5)
-            b.bias.data.copy_(torch.randn(b.num_features, generator=g) * 0.2)
-    return m
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -40,7 +29,7 @@ def _trained_looking(m, seed=1):
 def test_half_precision_psa_matches_the_float64_reference(dtype, strategy, k, scale, monkeypatch):
     monkeypatch.setenv(scoring.ENV_SCORES, strategy)
     torch.manual_seed(0)
-    half = _trained_looking(PyramidSparseAttention(64, topk=k)).eval().to(dtype)
+    half = randomize_bn(PyramidSparseAttention(64, topk=k), seed=1).eval().to(dtype)
     exact = PyramidSparseAttention(64, topk=k).eval()
     exact.load_state_dict(half.state_dict())  # the very same (rounded) weights, in float64
     exact = exact.double()

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import ultralytics.nn.tasks  # noqa: F401  (imports Ultralytics before pst_yolo.modules, as the start-up hook expects)
+from reference import randomize_bn
 from torch.profiler import profile
 
 from pst_yolo import scoring
@@ -137,16 +138,6 @@ def _dense_fine(attn, x, q, k, coarse_w):
     return p @ vf, scores
 
 
-def _randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-
-
 def _capture_fine_inputs(model, im):
     """(module, x, u) for every PSA of a real model forward."""
     seen = []
@@ -169,7 +160,7 @@ def test_gather_first_fine_branch_equals_dense(fuse):
 
     torch.manual_seed(0)
     model = DetectionModel("yolo11n-pst.yaml", nc=3, verbose=False)
-    _randomize_bn(model)
+    randomize_bn(model)
     model = model.double().eval()
     if fuse:
         model.fuse(verbose=False)
@@ -201,7 +192,7 @@ def test_gather_first_fine_branch_odd_map(fuse):
 
     torch.manual_seed(1)
     attn = PyramidSparseAttention(64)
-    _randomize_bn(attn, seed=3)
+    randomize_bn(attn, seed=3)
     attn = attn.double().eval()
     if fuse:  # what DetectionModel.fuse() does to every Conv
         for m in (attn.q, attn.k, attn.v, attn.pe, attn.proj):
@@ -262,7 +253,7 @@ def test_lse_strategy_compiles_fullgraph(monkeypatch):
     monkeypatch.setenv(scoring.ENV_SCORES, "lse")
     torch.manual_seed(5)
     attn = PyramidSparseAttention(64, topk=4).eval()
-    _randomize_bn(attn, seed=5)
+    randomize_bn(attn, seed=5)
     x, u = torch.randn(1, 64, 11, 9), torch.randn(1, 64, 6, 5)
     with torch.no_grad():
         want = attn(x, u)
