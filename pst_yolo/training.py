@@ -104,41 +104,63 @@ def on_fit_epoch_end(trainer) -> None:
             done[path] = choose_fine(trainer.validator, path, k, keep=keep, previous=done)
 
 
+def settings(net, k: int) -> dict:
+    """The fine settings the choice tries, as ``{name: {layer index: k}}`` in order of preference at a tie: every PST
+    layer at ``k`` (``str(k)``); with several PST layers, each alone (``f"{k}@{i}"``); none (``"0"``)."""
+    layers = [i for i, m in enumerate(net.model) if pst_attention(m)]
+    tried = {str(k): dict.fromkeys(layers, k)}
+    if len(layers) > 1:
+        tried.update({f"{k}@{i}": {j: k if j == i else 0 for j in layers} for i in layers})
+    tried["0"] = dict.fromkeys(layers, 0)
+    return tried
+
+
 def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dict | None = None) -> dict:
-    """Validate checkpoint ``path`` at k = 0 and k = ``k``, store the winner in it; returns ``ckpt["pst_fine"]``.
+    """Validate checkpoint ``path`` at every setting of :func:`settings` and store the best in it (the first in their
+    order at a tie: fine attention where it does not cost); returns ``ckpt["pst_fine"]``.
 
     Args:
         validator: An Ultralytics validator (the trainer's: same data, image size and batch as training).
         path (Path): The checkpoint, rewritten in place.
-        k (int): The fine setting to try against k = 0.
-        keep (bool): Do not choose: store ``k`` (the layers' own setting), with both figures.
+        k (int): The fine setting to try (in all PST layers, and in each alone).
+        keep (bool): Do not choose: store ``k`` in every layer (the layers' own setting), with every figure.
         previous (dict | None): Choices already made in this run, by path: a checkpoint of the same epoch reuses them.
     """
     from ultralytics.utils import LOGGER
     from ultralytics.utils.patches import torch_load
 
     ckpt = torch_load(path, map_location="cpu")
+    tried = settings(ckpt["ema"] if isinstance(ckpt.get("ema"), torch.nn.Module) else ckpt["model"], k)
     same = next((c for p, c in (previous or {}).items() if c.get("epoch") == ckpt.get("epoch")), None)
     if same is not None:
         fitness = same["fitness"]
     else:
-        fitness = {str(kk): _validate(validator, path, kk) for kk in (0, k)}
-    chosen = k if keep or fitness[str(k)] >= fitness["0"] else 0
-    info = {"k": chosen, "fitness": fitness, "epoch": ckpt.get("epoch"), "chosen_by": "kept" if keep else "fitness"}
+        fitness = {name: _validate(validator, ckpt, layers, path.parent / f".pst-fine-{name}.pt")
+                   for name, layers in tried.items()}
+    name = str(k) if keep else max(tried, key=lambda n: (fitness[n], -list(tried).index(n)))
+    info = {"k": max(tried[name].values()), "layers": {str(i): v for i, v in tried[name].items()}, "setting": name,
+            "fitness": fitness, "epoch": ckpt.get("epoch"), "chosen_by": "kept" if keep else "fitness"}
     store_fine(ckpt, info, k)
     torch.save(ckpt, path)
-    LOGGER.info(f"pst-yolo: fine attention in {path.name}: fitness {fitness['0']:.5f} at k=0, {fitness[str(k)]:.5f} at "
-                f"k={k} -> {'kept' if keep else 'chose'} k={chosen} ({ENV_TOPK}=<k> overrides it at load)")
+    figures = ", ".join(f"{f:.5f} at {'k=' + n if '@' not in n else 'k=' + n.replace('@', ' in layer ')}"
+                        for n, f in fitness.items())
+    LOGGER.info(f"pst-yolo: fine attention in {path.name}: fitness {figures} -> {'kept' if keep else 'chose'} "
+                f"{'k=' + name.replace('@', ' in layer ')} ({ENV_TOPK}=<k> overrides it at load)")
     return info
 
 
 def store_fine(ckpt: dict, info: dict, k: int) -> None:
-    """Put the fine setting ``info["k"]`` into checkpoint dict ``ckpt``: its PST layers' ``topk`` (what ``yolo val``,
-    ``predict`` and ``export`` use), their ``fine_k`` (``k``, the setting tried) and ``ckpt["pst_fine"] = info``."""
+    """Put the fine setting of ``info`` into checkpoint dict ``ckpt``: each PST layer's ``topk`` (``info["layers"]``
+    by layer index, else ``info["k"]`` everywhere; what ``yolo val``, ``predict`` and ``export`` use), their ``fine_k``
+    (``k``, the setting tried) and ``ckpt["pst_fine"] = info``."""
     for key in ("ema", "model"):
-        for m in pst_attention(ckpt.get(key) if isinstance(ckpt.get(key), torch.nn.Module) else None):
-            m.fine_k = k if m.fine_k is None else m.fine_k
-            m.topk = info["k"]
+        net = ckpt.get(key)
+        if not isinstance(net, torch.nn.Module):
+            continue
+        for i, layer in enumerate(getattr(net, "model", [net])):
+            for m in pst_attention(layer):
+                m.fine_k = k if m.fine_k is None else m.fine_k
+                m.topk = int(info.get("layers", {}).get(str(i), info["k"]))
     ckpt["pst_fine"] = info
 
 
@@ -155,14 +177,24 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
-def _validate(validator, path: Path, k: int) -> float:
-    """Fitness of checkpoint ``path`` at fine setting ``k``, loaded the way ``yolo val`` loads it (``PST_TOPK`` is
-    applied as the layers are unpickled); no plots."""
+def _validate(validator, ckpt: dict, layers: dict, scratch: Path) -> float:
+    """Fitness of checkpoint ``ckpt`` with fine attention at ``layers`` ({layer index: k}), written to ``scratch`` and
+    loaded from there the way ``yolo val`` loads a checkpoint; no plots."""
+    import copy
+
+    trial = dict(ckpt)
+    for key in ("ema", "model"):
+        if isinstance(ckpt.get(key), torch.nn.Module):
+            trial[key] = copy.deepcopy(ckpt[key])
+    store_fine(trial, {"k": max(layers.values(), default=0), "layers": {str(i): v for i, v in layers.items()}},
+               max(layers.values(), default=0))
     plots = validator.args.plots
     validator.args.plots = False
     try:
-        with _env(ENV_TOPK, str(k)):
-            stats = validator(model=str(path))
+        torch.save(trial, scratch)
+        with _env(ENV_TOPK, ""):  # the checkpoint's own setting: a PST_TOPK of the environment would override it
+            stats = validator(model=str(scratch))
     finally:
         validator.args.plots = plots
+        scratch.unlink(missing_ok=True)
     return round(float(stats.get("fitness", 0.0)), 6)

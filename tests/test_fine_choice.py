@@ -1,6 +1,7 @@
 """The fine setting a trained PST checkpoint keeps (pst_yolo.training): the trainer validates at the setting it trains
-with, chooses k=0 or k=8 for last.pt and best.pt when training ends, stores the choice, and the stock ``yolo val``,
-``yolo predict`` and ``yolo export`` use it; ``PST_TOPK`` still overrides it. Real trainings through the stock CLI."""
+with, chooses among fine attention in every PST layer, in each alone, or in none for last.pt and best.pt when training
+ends, stores the choice, and the stock ``yolo val``, ``yolo predict`` and ``yolo export`` use it; ``PST_TOPK`` still
+overrides it. Real trainings through the stock CLI."""
 
 from __future__ import annotations
 
@@ -51,13 +52,17 @@ def trained(tmp_path_factory):
 
 def test_checkpoints_store_the_choice_and_the_trainer_reports_it(trained):
     w = trained["weights"]
+    order = ["8", "8@13", "8@16", "0"]  # the preference at a tie: fine attention where it does not cost
     for name in ("last", "best"):
         ckpt = _ckpt(w / f"{name}.pt")
         info = ckpt["pst_fine"]
-        assert set(info["fitness"]) == {"0", "8"} and info["chosen_by"] == "fitness"
-        assert info["k"] == (8 if info["fitness"]["8"] >= info["fitness"]["0"] else 0)
-        layers = pst_attention(ckpt["model"])
-        assert len(layers) == 2 and {(m.topk, m.fine_k) for m in layers} == {(info["k"], 8)}
+        assert list(info["fitness"]) == order and info["chosen_by"] == "fitness"
+        best = max(order, key=lambda n: (info["fitness"][n], -order.index(n)))
+        assert info["setting"] == best
+        want = {"8": {13: 8, 16: 8}, "8@13": {13: 8, 16: 0}, "8@16": {13: 0, 16: 8}, "0": {13: 0, 16: 0}}[best]
+        assert info["layers"] == {str(i): v for i, v in want.items()} and info["k"] == max(want.values())
+        for i, k in want.items():
+            assert {(m.topk, m.fine_k) for m in pst_attention(ckpt["model"].model[i])} == {(k, 8)}
         assert f"pst-yolo: fine attention in {name}.pt: fitness" in trained["log"]
     # mid-training checkpoints hold the setting the trainer validated at: coarse-only, as trained
     epoch0 = _ckpt(w / "epoch0.pt")
@@ -74,7 +79,7 @@ def test_val_predict_and_export_use_the_stored_setting(trained, tmp_path, k):
     """A checkpoint storing k (the other outcome of the choice stored by the same function): the stock commands use it,
     PST_TOPK overrides it."""
     ckpt = _ckpt(trained["weights"] / "best.pt")
-    store_fine(ckpt, {**ckpt["pst_fine"], "k": k}, 8)
+    store_fine(ckpt, {"k": k}, 8)  # no per-layer entries: every PST layer at k
     weights = tmp_path / f"k{k}.pt"
     torch.save(ckpt, weights)
     root, data = trained["root"], trained["data"]
@@ -101,5 +106,6 @@ def test_fine_choice_can_be_switched_off(tmp_path):
                "device=cpu", "plots=False", f"project={tmp_path / 'runs'}", "name=t", cwd=tmp_path,
                env={"PST_FINE_CHOICE": "0"})
     info = _ckpt(tmp_path / "runs" / "t" / "weights" / "last.pt")["pst_fine"]
-    assert info["k"] == 8 and info["chosen_by"] == "kept" and set(info["fitness"]) == {"0", "8"}
+    assert info["k"] == 8 and info["chosen_by"] == "kept" and info["layers"] == {"13": 8, "16": 8}
+    assert list(info["fitness"]) == ["8", "8@13", "8@16", "0"]
     assert "kept k=8" in log
