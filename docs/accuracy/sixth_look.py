@@ -23,8 +23,14 @@ TOLERANCE = 0.005
 
 
 def _fc(root: Path, folder: str, set_: str, model: str, seed: int, weights: str = "last"):
-    path = root / folder / f"{set_}-{model}-s{seed}-{weights}.json"
-    return json.loads(path.read_text())[0]["map"] if path.is_file() else None
+    """One checkpoint's {setting: (mAP50-95, mAP50)}; on the test split (fc/) merged with fcl/, the per-layer
+    settings of the checkpoints whose full run left them out."""
+    found = {}
+    for sub in (folder, "fcl") if folder == "fc" else (folder,):
+        path = root / sub / f"{set_}-{model}-s{seed}-{weights}.json"
+        if path.is_file():
+            found = {**json.loads(path.read_text())[0]["map"], **found}
+    return found or None
 
 
 def stored(val: dict) -> str:
@@ -71,7 +77,7 @@ def per_set(root: Path, set_: str) -> str:
             if test:
                 row[f"{model} k=0"], row[f"{model} joint k=8"] = test["k=0"][0], test["joint k=8"][0]
                 row[f"{model} add k=8"] = test.get("add k=8", [None])[0]
-                if val:  # what the trainer stores, chosen on its own validation split
+                if val and stored(val) in test:  # what the trainer stores, chosen on its own validation split
                     row[f"{model} stored"] = test[stored(val)][0]
         best = _fc(root, "fc", set_, "paper", seed, "best")
         if best:
@@ -105,7 +111,7 @@ def costs(root: Path) -> str:
                             diff = test[f"{fusion} k=8"][0] - test["k=0"][0]
                             diffs.setdefault((model, f"{fusion} k=8"), []).append(diff)
                     val = _fc(root, "fcval", set_, model, seed, weights)
-                    if val:
+                    if val and stored(val) in test:
                         diffs.setdefault((model, "stored (chosen per layer on the validation split)"), []).append(
                             test[stored(val)][0] - test["k=0"][0])
     lines = ["| model | setting | checkpoints | k=8 - k=0: mean | worst | within -0.005 |",

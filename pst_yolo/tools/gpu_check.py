@@ -218,6 +218,21 @@ def kernel_shapes(args):
     return [(1, 1, 6400, 1600, 32), (32, 2, 1600, 400, 32)]
 
 
+def half_inputs(args, md, generator, min_left: float):
+    """(dtype, shape, (q, k, v)) per half dtype and kernel shape, random normal on the section's device; a shape
+    reached with under ``min_left`` seconds of the section's budget gets a "not run" row in ``md`` instead."""
+    import torch
+
+    for dtype in (torch.float16, torch.bfloat16):
+        for b, h, n, m, d in kernel_shapes(args):
+            if time_left(args) < min_left:
+                md.append(f"| {str(dtype)[6:]} | {(b, h, n, m, d)} | all | | | | not run: section budget spent |")
+                continue
+            dev = args.torch_device
+            yield dtype, (b, h, n, m, d), tuple(
+                torch.randn(b, h, rows, d, device=dev, generator=generator).to(dtype) for rows in (n, m, m))
+
+
 def section_kernels(args, res, md):
     import torch
 
@@ -233,61 +248,51 @@ def section_kernels(args, res, md):
            "|---|---|---|---:|---:|---:|---|"]
     rows, ok = [], True
     g = torch.Generator(device=dev).manual_seed(0)
-    for dtype in (torch.float16, torch.bfloat16):
-        for b, h, n, m, d in kernel_shapes(args):
-            if time_left(args) < 5:
-                md.append(f"| {str(dtype)[6:]} | {(b, h, n, m, d)} | all | | | | not run: section budget spent |")
-                continue
-            q, k, v = (torch.randn(b, h, rows_, d, device=dev, generator=g).to(dtype) for rows_ in (n, m, m))
-            ref = A.reference_attention(q.double(), k.double(), v.double())
-            scale = ref.abs().max().item()
-            for label, name, backend in variants:
-                why = A.why_not(name, q, k, v)
-                tol = TOLERANCE["sage" if name == "sage" else str(dtype).split(".")[-1]]
-                row = dict(dtype=str(dtype), shape=(b, h, n, m, d), kernel=label, tol=tol)
-                if why is None:
-                    try:
-                        fn = A.KERNELS[name].fn
-                        with torch.no_grad(), sdpa_backend(backend):
-                            out = fn(q, k, v)
-                            row["us"] = timed(args, {label: lambda: fn(q, k, v)})[label] * 1e6
-                        row["error"] = (out.double() - ref).abs().max().item() / scale
-                        row["status"] = "ok" if row["error"] <= tol else "TOO FAR"
-                    except RuntimeError as e:  # e.g. an SDPA backend that refuses this shape/dtype
-                        row["status"] = f"not served: {str(e).splitlines()[0][:120]}"
-                else:
-                    row["status"] = f"not run: {why}"
-                ok &= row["status"] != "TOO FAR"
-                rows.append(row)
-                md.append(f"| {row['dtype'][6:]} | {row['shape']} | {label} | {row.get('error', float('nan')):.2e} | "
-                          f"{tol:g} | {row.get('us', float('nan')):.1f} | {row['status']} |")
+    for dtype, (b, h, n, m, d), (q, k, v) in half_inputs(args, md, g, min_left=5):
+        ref = A.reference_attention(q.double(), k.double(), v.double())
+        scale = ref.abs().max().item()
+        for label, name, backend in variants:
+            why = A.why_not(name, q, k, v)
+            tol = TOLERANCE["sage" if name == "sage" else str(dtype).split(".")[-1]]
+            row = dict(dtype=str(dtype), shape=(b, h, n, m, d), kernel=label, tol=tol)
+            if why is None:
+                try:
+                    fn = A.KERNELS[name].fn
+                    with torch.no_grad(), sdpa_backend(backend):
+                        out = fn(q, k, v)
+                        row["us"] = timed(args, {label: lambda: fn(q, k, v)})[label] * 1e6
+                    row["error"] = (out.double() - ref).abs().max().item() / scale
+                    row["status"] = "ok" if row["error"] <= tol else "TOO FAR"
+                except RuntimeError as e:  # e.g. an SDPA backend that refuses this shape/dtype
+                    row["status"] = f"not served: {str(e).splitlines()[0][:120]}"
+            else:
+                row["status"] = f"not run: {why}"
+            ok &= row["status"] != "TOO FAR"
+            rows.append(row)
+            md.append(f"| {row['dtype'][6:]} | {row['shape']} | {label} | {row.get('error', float('nan')):.2e} | "
+                      f"{tol:g} | {row.get('us', float('nan')):.1f} | {row['status']} |")
     res["kernels"] = rows
 
     md += ["", "Selection scores (paper eq. 3) from fp16/bf16 q, k against float64 scores of the same inputs:", "",
            "| dtype | shape | strategy | rel. score error | same top-8 set (b, head) | output rel. error | us/call |",
            "|---|---|---|---:|---:|---:|---:|"]
     sel = []
-    for dtype in (torch.float16, torch.bfloat16):
-        for b, h, n, m, d in kernel_shapes(args):
-            if time_left(args) < 3:
-                md.append(f"| {str(dtype)[6:]} | {(b, h, n, m, d)} | all | | | | not run: section budget spent |")
-                continue
-            q, k, v = (torch.randn(b, h, rows_, d, device=dev, generator=g).to(dtype) for rows_ in (n, m, m))
-            sc = d**-0.5
-            ref_out, ref_s = coarse_attention(q.double(), k.double(), v.double(), sc, strategy="reference")
-            top_ref = ref_s.topk(min(8, m), dim=-1).indices.sort(-1).values
-            for strategy in ("lse", "chunked"):
-                with torch.no_grad():
-                    out, s = coarse_attention(q, k, v, sc, strategy=strategy)
-                    t = timed(args, {strategy: lambda: coarse_attention(q, k, v, sc, strategy=strategy)})[strategy]
-                same = (s.topk(min(8, m), dim=-1).indices.sort(-1).values == top_ref).all(-1).float().mean().item()
-                r = dict(dtype=str(dtype), shape=(b, h, n, m, d), strategy=strategy,
-                         score_error=((s.double() - ref_s).abs().max() / ref_s.abs().max()).item(), same_topk=same,
-                         out_error=((out.double() - ref_out).abs().max() / ref_out.abs().max()).item(), us=t * 1e6)
-                sel.append(r)
-                ok &= r["score_error"] <= 1e-3 and r["out_error"] <= TOLERANCE[r["dtype"][6:]]
-                md.append(f"| {r['dtype'][6:]} | {r['shape']} | {strategy} | {r['score_error']:.2e} | {same:.3f} | "
-                          f"{r['out_error']:.2e} | {r['us']:.1f} |")
+    for dtype, (b, h, n, m, d), (q, k, v) in half_inputs(args, md, g, min_left=3):
+        sc = d**-0.5
+        ref_out, ref_s = coarse_attention(q.double(), k.double(), v.double(), sc, strategy="reference")
+        top_ref = ref_s.topk(min(8, m), dim=-1).indices.sort(-1).values
+        for strategy in ("lse", "chunked"):
+            with torch.no_grad():
+                out, s = coarse_attention(q, k, v, sc, strategy=strategy)
+                t = timed(args, {strategy: lambda: coarse_attention(q, k, v, sc, strategy=strategy)})[strategy]
+            same = (s.topk(min(8, m), dim=-1).indices.sort(-1).values == top_ref).all(-1).float().mean().item()
+            r = dict(dtype=str(dtype), shape=(b, h, n, m, d), strategy=strategy,
+                     score_error=((s.double() - ref_s).abs().max() / ref_s.abs().max()).item(), same_topk=same,
+                     out_error=((out.double() - ref_out).abs().max() / ref_out.abs().max()).item(), us=t * 1e6)
+            sel.append(r)
+            ok &= r["score_error"] <= 1e-3 and r["out_error"] <= TOLERANCE[r["dtype"][6:]]
+            md.append(f"| {r['dtype'][6:]} | {r['shape']} | {strategy} | {r['score_error']:.2e} | {same:.3f} | "
+                      f"{r['out_error']:.2e} | {r['us']:.1f} |")
     res["selection"] = sel
     return ok
 
