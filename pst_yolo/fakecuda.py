@@ -656,17 +656,21 @@ def branch_matrix(modes=MODES, imgsz=(20, 16)) -> list:
     ``kernels`` filled.
 
     Returns:
-        (list[dict]): ``mode``, ``k``, ``strategy``, ``backend``, ``libraries`` and the ``report``.
+        (list[dict]): ``mode``, ``k``, ``strategy``, ``backend``, ``libraries``, ``fusion`` and the ``report``.
     """
+    from pst_yolo.runtime import set_fusion
+
     torch.manual_seed(0)
     probe = PSTProbe().eval()
-    settings = [(k, strategy, backend, libraries) for libraries in (False, True) for k in (8, 0)
+    settings = [(k, strategy, backend, libraries, "joint") for libraries in (False, True) for k in (8, 0)
                 for strategy in (STRATEGIES[::2] if k else ("auto",))  # k=0 computes no scores
                 for backend in (BACKENDS if not libraries else ("auto", "flash", "sage"))]
+    settings.append((8, "auto", "auto", False, "add"))  # the paper's additive fusion: the same kernels, one more pass
     rows = []
-    for k, strategy, backend, libraries in settings:
+    for k, strategy, backend, libraries, fusion in settings:
+        set_fusion(probe, fusion)
         reports = check(probe, modes=modes, k=k, batch=2, imgsz=imgsz, strategy=strategy, libraries=libraries,
                         backend=None if backend == "auto" else backend, branches=True, net=probe)
-        rows += [dict(mode=m, k=k, strategy=strategy, backend=backend, libraries=libraries, report=r)
+        rows += [dict(mode=m, k=k, strategy=strategy, backend=backend, libraries=libraries, fusion=fusion, report=r)
                  for m, r in zip(modes, reports)]
     return rows

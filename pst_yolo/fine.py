@@ -71,10 +71,12 @@ class FineForm:
         # No row is fully masked (the unrefined coarse keys, or the refined ones' tokens, remain), so the masked tokens'
         # values (finite: gathered in range) get a weight of exactly 0 and need no zeroing.
         keys, values = torch.cat([k, kf], dim=-2), torch.cat([v, vf], dim=-2)
-        # where(replaced coarse key | valid fine token, [-big.. | -log 4..], [0.. | -big..]): one select for both parts
-        flags = torch.cat([_replaced(coarse, refined, k.shape[-2]), valid], dim=-1)  # (B, heads, M + 4k)
-        on, off = _joint_logits(k.shape[-2], valid.shape[-1], q.dtype, q.device)
-        mask = torch.where(flags, on, off).unsqueeze(-2)
+        replaced = _replaced(coarse, refined, scores)
+        if in_export():  # no constants of the traced sizes: a dynamic export runs at every image size
+            mask = torch.cat([_mask(~replaced, q.dtype), _mask(valid, q.dtype) - LOG4], dim=-1)
+        else:  # where(replaced coarse key | valid fine token, [-big.. | -log 4..], [0.. | -big..]): one select
+            on, off = _joint_logits(k.shape[-2], valid.shape[-1], q.dtype, q.device)
+            mask = torch.where(torch.cat([replaced, valid], dim=-1), on, off).unsqueeze(-2)
         return attention(q, keys, values, mask=mask, scale=attn.scale, backend=attn.backend)
 
 
@@ -148,14 +150,17 @@ def _mask(keep: torch.Tensor, dtype) -> torch.Tensor:
     return (mask if mask.dtype == dtype else mask.to(dtype)).unsqueeze(-2)
 
 
-def _replaced(coarse: torch.Tensor, refined: torch.Tensor, m: int) -> torch.Tensor:
+def _replaced(coarse: torch.Tensor, refined: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """Bool (B, heads, M): the coarse keys whose regions are refined (``coarse`` (B, heads, k) indices, ``refined``
-    which of them count). Traced for export as comparisons (a padded export selection holds indices >= M, which a
-    scatter would write out of bounds)."""
+    which of them count, ``scores`` (B, heads, M)). Traced for export as comparisons with 0..M-1 (a padded export
+    selection holds indices >= M, which a scatter would write out of bounds; TensorRT's op list has no scatter)."""
     if in_export():
+        # M counted from data: the traced shape of these tensors is folded into a constant of the traced size, which
+        # would fix a dynamic export to the image size it was traced at
+        m = (scores[0, 0] * 0.0 + 1.0).sum().to(torch.int64)
         positions = torch.arange(m, device=coarse.device)
         return ((coarse.unsqueeze(-1) == positions) & refined.unsqueeze(-1)).any(-2)
-    return torch.zeros(coarse.shape[:-1] + (m,), dtype=torch.bool, device=coarse.device).scatter(-1, coarse, refined)
+    return torch.zeros(scores.shape, dtype=torch.bool, device=coarse.device).scatter(-1, coarse, refined)
 
 
 def _logit_pair(m: int, t: int, dtype, device) -> tuple:
@@ -174,9 +179,9 @@ _cached_logit_pair = functools.lru_cache(maxsize=64)(_logit_pair)
 def _joint_logits(m: int, t: int, dtype, device) -> tuple:
     """The joint fusion's mask values over M coarse keys and T fine tokens, as (where flagged, where not): a flagged
     coarse key (its region refined) is masked, a flagged fine token (valid) gets -log 4, an unflagged coarse key 0 and
-    an unflagged token is masked. Constants per size, cached like the block table (computed while tracing, compiling
-    or on fake tensors, which must not be cached)."""
-    if in_export() or torch.compiler.is_compiling() or torch._guards.detect_fake_mode() is not None:
+    an unflagged token is masked. Constants per size, cached like the block table (computed while compiling or on fake
+    tensors, which must not be cached)."""
+    if torch.compiler.is_compiling() or torch._guards.detect_fake_mode() is not None:
         return _logit_pair(m, t, dtype, device)
     with torch.inference_mode(False), torch.no_grad():
         return _cached_logit_pair(m, t, dtype, device)

@@ -9,9 +9,10 @@ user deploys:
 - ``on_train_start``: every PST layer of the model and of its EMA validates at the setting it trains with
   (``train_topk``: 0, or ``PST_TRAIN_TOPK``); the layer's own k is kept as ``fine_k``.
 - at the end of the last epoch, before Ultralytics' final validation of ``best.pt``: ``last.pt`` and ``best.pt`` are
-  each validated with fine attention off (k = 0) and on (k = ``fine_k``), through the trainer's own validator; the
-  higher fitness wins (fine attention at a tie). The winner is stored in the checkpoint's PST layers, so ``yolo val``,
-  ``yolo predict`` and ``yolo export`` use it, and with both figures in ``ckpt["pst_fine"]``. ``PST_TOPK`` and
+  each validated through the trainer's own validator with fine attention (k = ``fine_k``) in every PST layer, in each
+  layer alone (models with several) and in none (k = 0); the highest fitness wins (at a tie, the setting with more
+  fine attention). The winner is stored in the checkpoint's PST layers, so ``yolo val``, ``yolo predict`` and ``yolo
+  export`` use it, and with every figure in ``ckpt["pst_fine"]``. ``PST_TOPK`` and
   :func:`pst_yolo.runtime.set_topk` still override it when a checkpoint is loaded. ``PST_FINE_CHOICE=0`` skips the
   choice: the checkpoints then keep each layer's own k (the paper's inference setting).
 """

@@ -55,7 +55,7 @@ def test_branch_matrix_is_clean_and_reaches_every_cuda_branch(matrix):
                    "attention.choose_kernel -> 'reference'", "attention.reference_attention",
                    "attention.choose_kernel -> 'flash'", "attention.flash_attention",
                    "attention.choose_kernel -> 'sage'", "attention.sage_attention",
-                   "selection.select_fine_tokens", "fine.fine", "fine.project_fine"):
+                   "selection.select_fine_tokens", "fine.joint", "fine.fine", "fine.project_fine"):
         assert branch in reached, branch
 
 

@@ -105,12 +105,18 @@ def test_joint_portable_trace_equals_eager(c, h, w, k):
 
 @pytest.mark.slow
 def test_joint_onnx_graph_form_runs_in_onnxruntime(tmp_path):
+    """A dynamic export traced at one size runs at others: another batch, another map, fewer coarse keys than k."""
     ort = pytest.importorskip("onnxruntime")
     attn = _attn(64, 8, backend=None, dtype=torch.float32)
     x, u = _inputs(1, 64, 16, 12, dtype=torch.float32)
     path = tmp_path / "joint.onnx"
     with torch.no_grad():
-        want = attn(x, u).numpy()
-        torch.onnx.export(attn, (x, u), str(path), opset_version=17, dynamo=False, input_names=["x", "u"])
-    got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy(), "u": u.numpy()})[0]
-    assert abs(got - want).max() < 1e-4
+        torch.onnx.export(attn, (x, u), str(path), opset_version=17, dynamo=False, input_names=["x", "u"],
+                          dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "u": {0: "b", 2: "hu", 3: "wu"}})
+    session = ort.InferenceSession(str(path))
+    for b, h, w in ((1, 16, 12), (2, 10, 8), (1, 4, 4)):  # the last: a 2x2 coarse map, M = 4 < k = 8
+        x, u = _inputs(b, 64, h, w, dtype=torch.float32)
+        with torch.no_grad():
+            want = attn(x, u).numpy()
+        got = session.run(None, {"x": x.numpy(), "u": u.numpy()})[0]
+        assert abs(got - want).max() < 1e-4, (b, h, w)

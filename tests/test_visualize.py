@@ -4,7 +4,6 @@ offline, and costs nothing when not recording."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,8 +13,6 @@ import torch
 import pst_yolo.fine as fine
 import pst_yolo.modules as modules
 from pst_yolo.visualize import AttentionRecorder, load_model, render, visualize
-
-ROOT = Path(__file__).resolve().parents[1]
 
 CLS_YAML = """# tiny classification model with a PST fusion of P4 (finer) and P5 (coarser), for the tests
 nc: 3
@@ -138,14 +135,16 @@ def test_classification_model(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_writes_pngs_offline(det_image, tmp_path):
-    """The script in a fresh interpreter with every network connection refused (no font or weight download)."""
-    argv = ['--model', 'yolo11n-pst.yaml', '--source', str(det_image), '--out', str(tmp_path), '--imgsz', '64', '--k', '2']
+    """``pst-yolo visualize`` in a fresh interpreter with every network connection refused (no font or weight
+    download)."""
+    argv = ['visualize', '--model', 'yolo11n-pst.yaml', '--source', str(det_image), '--out', str(tmp_path),
+            '--imgsz', '64', '--k', '2']
     guard = (
-        "import socket, runpy, sys\n"
+        "import socket, sys\n"
         "def refuse(*a, **k): raise OSError('network access attempted')\n"
         "socket.socket.connect = refuse; socket.create_connection = refuse\n"
-        f"sys.argv = ['visualize.py'] + {argv!r}\n"
-        f"runpy.run_path({str(ROOT / 'scripts' / 'visualize.py')!r}, run_name='__main__')\n"
+        "from pst_yolo.tools.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
     )
     env = {**__import__("os").environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True, env=env, timeout=300)

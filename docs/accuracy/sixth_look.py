@@ -63,13 +63,13 @@ def _stats(values):
     return f"{statistics.fmean(values):.4f} ± {sd:.4f}", f"{min(values):.4f}", f"{sd / statistics.fmean(values):.1%}"
 
 
-def per_set(root: Path, set_: str) -> str:
-    """One data set: a row per seed, then mean ± std, worst, and the seed spread."""
-    cols = ["stock", "paper k=0", "paper add k=8", "paper joint k=8", "paper stored", "paper best.pt k=0",
-            "paper best.pt joint k=8", "res k=0", "res joint k=8", "res stored"]
-    table = {c: [] for c in cols}
-    lines = ["| seed | " + " | ".join(cols) + " | train cls loss (stock / paper / res) |",
-             "|---:|" + "---:|" * len(cols) + "---|"]
+COLS = ["stock", "paper k=0", "paper add k=8", "paper joint k=8", "paper stored", "paper best.pt k=0",
+        "paper best.pt joint k=8", "res k=0", "res joint k=8", "res stored"]
+
+
+def _rows(root: Path, set_: str) -> dict:
+    """{seed: {column: mAP50-95}} of one data set (seeds with any result)."""
+    rows = {}
     for seed in SEEDS:
         row = {"stock": _stock(root, set_, seed)}
         for model in ("paper", "res"):
@@ -82,17 +82,65 @@ def per_set(root: Path, set_: str) -> str:
         best = _fc(root, "fc", set_, "paper", seed, "best")
         if best:
             row["paper best.pt k=0"], row["paper best.pt joint k=8"] = best["k=0"][0], best["joint k=8"][0]
+        if any(v is not None for v in row.values()):
+            rows[seed] = row
+    return rows
+
+
+def per_set(root: Path, set_: str) -> str:
+    """One data set: a row per seed, then mean ± std, worst, and the seed spread."""
+    lines = ["| seed | " + " | ".join(COLS) + " | train cls loss (stock / paper / res) |",
+             "|---:|" + "---:|" * len(COLS) + "---|"]
+    rows = _rows(root, set_)
+    for seed, row in rows.items():
         losses = [_losses(root, set_, m, seed) for m in ("stock", "paper", "res")]
-        if all(v is None for v in row.values()):
-            continue
-        for c in cols:
-            table[c].append(row.get(c))
-        cells = ["" if row.get(c) is None else f"{row[c]:.4f}" for c in cols]
+        cells = ["" if row.get(c) is None else f"{row[c]:.4f}" for c in COLS]
         loss = " / ".join("" if x is None else f"{x[0]:.3f}" for x in losses)
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {loss} |")
-    mean, worst, spread = zip(*(_stats(table[c]) for c in cols))
+    mean, worst, spread = zip(*(_stats([row.get(c) for row in rows.values()]) for c in COLS))
     lines += ["| **mean ± std** | " + " | ".join(mean) + " | |", "| **worst** | " + " | ".join(worst) + " | |",
               "| **std / mean** | " + " | ".join(spread) + " | |"]
+    return "\n".join(lines) + "\n"
+
+
+def targets(root: Path) -> str:
+    """Per data set, the stored setting of each PST model against stock over the seeds both have: mean ratio (target
+    >= 1.00 for the recommended model) and worst-seed ratio (target >= 0.95)."""
+    lines = ["| data set | seeds | stock mean / worst | res stored mean / worst | res: mean ratio | res: worst ratio | "
+             "paper stored: mean ratio | paper: worst ratio |", "|---|---:|---|---|---:|---:|---:|---:|"]
+    for set_ in SETS:
+        rows = [r for r in _rows(root, set_).values() if None not in (r.get("stock"), r.get("res stored"))]
+        if not rows:
+            continue
+        stock, res = [r["stock"] for r in rows], [r["res stored"] for r in rows]
+        paper = [r["paper stored"] for r in rows if r.get("paper stored") is not None]
+        ratio = statistics.fmean(res) / statistics.fmean(stock)
+        worst = min(res) / min(stock)
+        cells = [f"{statistics.fmean(stock):.4f} / {min(stock):.4f}", f"{statistics.fmean(res):.4f} / {min(res):.4f}",
+                 f"{ratio:.2f}" + ("" if ratio >= 1.0 else " (below)"), f"{worst:.2f}" + ("" if worst >= 0.95 else " (below)")]
+        if len(paper) == len(rows):
+            cells += [f"{statistics.fmean(paper) / statistics.fmean(stock):.2f}", f"{min(paper) / min(stock):.2f}"]
+        else:
+            cells += ["", ""]
+        lines.append(f"| {set_} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def control(root: Path, set_: str = "lookalike") -> str:
+    """The slow-tail control: yolo11n-pst-res with its PST built but not added (resid), next to stock and res, k=0."""
+    def final(model, seed):
+        path = root / "out" / set_ / f"{model}-s{seed}" / "results.json"
+        if not path.is_file():
+            return None
+        metrics = json.loads(path.read_text())["runs"][0]["metrics"]
+        return (metrics.get("0") or metrics.get("None"))[0]
+
+    lines = ["| seed | stock | res (PST branch added) | resid (same initialisation, branch not added) |",
+             "|---:|---:|---:|---:|"]
+    for seed in SEEDS:
+        values = [final(m, seed) for m in ("stock", "res", "resid")]
+        if values[2] is not None:
+            lines.append(f"| {seed} | " + " | ".join("" if v is None else f"{v:.4f}" for v in values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -122,8 +170,36 @@ def costs(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diagnosis(root: Path) -> str:
+    """Paper-layout last.pt checkpoints with the full finecheck (per layer, BN re-estimation, activation shift): the
+    range over checkpoints of each setting's k=8 - k=0 and of each layer's PSA-output shift (mean shift in coarse-only
+    stds, std ratio)."""
+    diffs, shifts = {}, {}
+    for path in sorted((root / "fc").glob("*-paper-s*-last.json")):
+        result = json.loads(path.read_text())[0]
+        found = result["map"]
+        extra = root / "fcl" / path.name
+        if extra.is_file():
+            found = {**json.loads(extra.read_text())[0]["map"], **found}
+        for name, (value, _) in found.items():
+            if name != "k=0":
+                diffs.setdefault(name, []).append(value - found["k=0"][0])
+        for fusion, layers in result.get("shift", {}).items():
+            for layer, stats in layers.items():
+                shifts.setdefault((fusion, layer), []).append(stats["psa"])
+    lines = ["| setting | checkpoints | k=8 - k=0: from | to |", "|---|---:|---:|---:|"]
+    lines += [f"| {n} | {len(d)} | {min(d):+.4f} | {max(d):+.4f} |" for n, d in sorted(diffs.items())]
+    lines += ["", "| fusion | layer | checkpoints | PSA output mean shift / std | std ratio |", "|---|---|---:|---|---|"]
+    lines += [f"| {f} | {layer} | {len(v)} | {min(a for a, _ in v):.2f}-{max(a for a, _ in v):.2f} | "
+              f"{min(b for _, b in v):.2f}-{max(b for _, b in v):.2f} |" for (f, layer), v in sorted(shifts.items())]
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     for set_ in SETS:
         print(f"### {set_}\n\n{per_set(root, set_)}")
     print(f"### Fine attention's cost per checkpoint\n\n{costs(root)}")
+    print(f"### Against stock (the stored setting)\n\n{targets(root)}")
+    print(f"### Diagnosis (paper layout, last.pt)\n\n{diagnosis(root)}")
+    print(f"### The slow-tail control (lookalike)\n\n{control(root)}")

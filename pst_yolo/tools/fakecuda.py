@@ -59,9 +59,9 @@ def main(argv=None):
         reached = sorted({b for row in rows for b in row["report"].branches})
         for row in rows:
             problems.extend(f"PST layer [{row['mode']}, k={row['k']}, {row['strategy']}, {row['backend']}, libraries "
-                            f"{row['libraries']}]: {p}" for p in row["report"].problems)
+                            f"{row['libraries']}, {row['fusion']}]: {p}" for p in row["report"].problems)
         print(f"branch matrix: {len(rows)} settings of a PST layer (dtype mode x k x score strategy x kernel x "
-              f"optional libraries); reached: {', '.join(reached)}")
+              f"optional libraries, and the additive fusion); reached: {', '.join(reached)}")
     print(f"pst-yolo fake-cuda: {'clean' if not problems else f'{len(problems)} problem(s)'} in "
           f"{time.perf_counter() - t0:.0f} s")
     return 1 if problems else 0
