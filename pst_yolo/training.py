@@ -143,11 +143,15 @@ def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dic
             "fitness": fitness, "epoch": ckpt.get("epoch"), "chosen_by": "kept" if keep else "fitness"}
     store_fine(ckpt, info, k)
     torch.save(ckpt, path)
-    figures = ", ".join(f"{f:.5f} at {'k=' + n if '@' not in n else 'k=' + n.replace('@', ' in layer ')}"
-                        for n, f in fitness.items())
+    figures = ", ".join(f"{f:.5f} at {setting_label(n)}" for n, f in fitness.items())
     LOGGER.info(f"pst-yolo: fine attention in {path.name}: fitness {figures} -> {'kept' if keep else 'chose'} "
-                f"{'k=' + name.replace('@', ' in layer ')} ({ENV_TOPK}=<k> overrides it at load)")
+                f"{setting_label(name)} ({ENV_TOPK}=<k> overrides it at load)")
     return info
+
+
+def setting_label(name: str) -> str:
+    """A setting of :func:`settings` in words: ``"8"`` -> ``"k=8"``, ``"8@16"`` -> ``"k=8 in layer 16"``."""
+    return "k=" + name.replace("@", " in layer ")
 
 
 def store_fine(ckpt: dict, info: dict, k: int) -> None:

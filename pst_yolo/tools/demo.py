@@ -81,12 +81,14 @@ def stored_choice(runs: dict) -> str:
     """What the trainer stored in each PST model's last.pt: the fine setting it chose and the fitness of both."""
     import torch
 
+    from pst_yolo.training import setting_label
+
     parts = []
     for label, run in runs.items():
         info = torch.load(Path(run["dir"]) / "weights" / "last.pt", weights_only=False).get("pst_fine")
         if info:
-            fit = ", ".join(f"k={k} {v:.4f}" for k, v in info["fitness"].items())
-            parts.append(f"{label} k={info['k']} (validation fitness {fit})")
+            fit = ", ".join(f"{setting_label(n)} {v:.4f}" for n, v in info["fitness"].items())
+            parts.append(f"{label} {setting_label(info.get('setting', str(info['k'])))} (validation fitness {fit})")
     return "Fine setting each PST checkpoint stores (chosen when training ended): " + ("; ".join(parts) or "none")
 
 
