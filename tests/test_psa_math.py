@@ -9,8 +9,8 @@ from reference import paper_param_formula, psa_reference, pst_reference, randomi
 from pst_yolo.modules import PST, PyramidSparseAttention
 
 
-def make_attn(c, topk=8, threshold=1e-6, backend="reference", dtype=torch.float64):
-    return randomize(PyramidSparseAttention(c, topk, threshold, backend)).to(dtype).eval()
+def make_attn(c, topk=8, threshold=1e-6, backend="reference", dtype=torch.float64, fusion="joint"):
+    return randomize(PyramidSparseAttention(c, topk, threshold, backend, fusion=fusion)).to(dtype).eval()
 
 
 def inputs(b, c, h, w, dtype=torch.float64, seed=1):
@@ -26,8 +26,9 @@ SHAPES = [(2, 64, 8, 8), (1, 32, 7, 5), (2, 64, 5, 9), (1, 32, 1, 1), (3, 96, 12
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("topk", [0, 1, 3, 8, 1000])  # 1000 > number of coarse tokens
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
-def test_psa_matches_reference_float64(shape, topk, backend):
-    attn = make_attn(shape[1], topk, backend=backend)
+@pytest.mark.parametrize("fusion", ["joint", "add"])  # the default, and the paper's eq. 6 by name
+def test_psa_matches_reference_float64(shape, topk, backend, fusion):
+    attn = make_attn(shape[1], topk, backend=backend, fusion=fusion)
     x, u = inputs(*shape)
     with torch.no_grad():
         got = attn(x, u)
