@@ -11,9 +11,10 @@ How a PSA forward flows (one pass, one direction; each step names the module tha
 3. coarse output and scores: ``pst_yolo.scoring`` computes ``softmax(q k^T / sqrt(d)) v`` and, when regions are
    refined, the selection scores ``s_j = mean_i P_ij``, per device, kernel (``pst_yolo.attention``) and export.
 4. fine: the form selects the top-k regions (``pst_yolo.selection``, or ``pst_yolo.portable``'s ops), gathers the
-   2x2 fine tokens under them, projects them with the same K/V convs and attends to them.
-5. fuse: ``proj(O_coarse + O_fine + CPE)`` (eq. 6), the CPE a 7x7 depthwise conv of the coarse values upsampled to
-   the finer grid.
+   2x2 fine tokens under them, projects them with the same K/V convs and attends to them: ``O_fine`` over the tokens
+   alone (fusion ``add``), or the whole output over the unrefined coarse keys and the tokens (``joint``, the default).
+5. fuse: ``proj(O + CPE)`` with ``O = O_coarse + O_fine`` (``add``, eq. 6) or the joint output, the CPE a 7x7
+   depthwise conv of the coarse values upsampled to the finer grid.
 """
 from __future__ import annotations
 
