@@ -153,7 +153,8 @@ def _mask(keep: torch.Tensor, dtype) -> torch.Tensor:
 def _replaced(coarse: torch.Tensor, refined: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """Bool (B, heads, M): the coarse keys whose regions are refined (``coarse`` (B, heads, k) indices, ``refined``
     which of them count, ``scores`` (B, heads, M)). Traced for export as comparisons with 0..M-1 (a padded export
-    selection holds indices >= M, which a scatter would write out of bounds; TensorRT's op list has no scatter)."""
+    selection holds indices >= M, which a scatter would write out of bounds; the exported graph keeps to
+    ``pst_yolo.export.TENSORRT_ONNX_OPS``, which has no scatter)."""
     if in_export():
         # M counted from data: the traced shape of these tensors is folded into a constant of the traced size, which
         # would fix a dynamic export to the image size it was traced at
