@@ -156,9 +156,11 @@ def _replaced(coarse: torch.Tensor, refined: torch.Tensor, scores: torch.Tensor)
     selection holds indices >= M, which a scatter would write out of bounds; the exported graph keeps to
     ``pst_yolo.export.TENSORRT_ONNX_OPS``, which has no scatter)."""
     if in_export():
-        # M counted from data: the traced shape of these tensors is folded into a constant of the traced size, which
-        # would fix a dynamic export to the image size it was traced at
-        m = (scores[0, 0] * 0.0 + 1.0).sum().to(torch.int64)
+        m = scores.shape[-1]  # torch.export keeps it symbolic
+        if torch.jit.is_tracing():
+            # M counted from data: the jit tracer (TorchScript, the ONNX exporter) folds the traced shape of these
+            # tensors into a constant, which would fix a dynamic export to the image size it was traced at
+            m = (scores[0, 0] * 0.0 + 1.0).sum().to(torch.int64)
         positions = torch.arange(m, device=coarse.device)
         return ((coarse.unsqueeze(-1) == positions) & refined.unsqueeze(-1)).any(-2)
     return torch.zeros(scores.shape, dtype=torch.bool, device=coarse.device).scatter(-1, coarse, refined)

@@ -120,3 +120,15 @@ def test_joint_onnx_graph_form_runs_in_onnxruntime(tmp_path):
             want = attn(x, u).numpy()
         got = session.run(None, {"x": x.numpy(), "u": u.numpy()})[0]
         assert abs(got - want).max() < 1e-4, (b, h, w)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "reference"])
+def test_joint_graph_form_under_torch_export(backend):
+    """torch.export (ExecuTorch, litert-torch, the dynamo ONNX exporter) traces the joint mask with a symbolic M: a
+    key count taken from data there is an unbacked size SDPA cannot check against the keys."""
+    attn = _attn(64, 8, backend=backend, dtype=torch.float32)
+    x, u = _inputs(1, 64, 8, 8, dtype=torch.float32)
+    with torch.no_grad(), export_form("graph"):
+        program = torch.export.export(attn, (x, u))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x, u), attn(x, u), rtol=1e-5, atol=1e-5)
