@@ -15,7 +15,7 @@ import importlib.util
 # (tests/test_packaging.py checks that the two agree). The first extra that lists a module is the one named in errors.
 EXTRAS = {
     "export": (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim")),
-    "openvino": (("openvino", "openvino"),),
+    "openvino": (("openvino", "openvino"), ("nncf", "nncf")),
     "flash": (("flash-attn", "flash_attn"),),
     "sage": (("sageattention", "sageattention"),),
     "ncnn": (("ncnn", "ncnn"), ("pnnx", "pnnx")),
@@ -30,8 +30,9 @@ EXTRAS = {
     ),
     "paddle": (("paddlepaddle", "paddle"), ("x2paddle", "x2paddle"), ("six", "six")),
     "test": (
-        ("pytest", "pytest"), ("hatchling", "hatchling"), ("hypothesis", "hypothesis"), ("onnx", "onnx"),
-        ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"), ("openvino", "openvino"), ("ncnn", "ncnn"),
+        ("pytest", "pytest"), ("pytest-xdist", "xdist"), ("hatchling", "hatchling"), ("hypothesis", "hypothesis"),
+        ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"), ("openvino", "openvino"),
+        ("nncf", "nncf"), ("ncnn", "ncnn"),
         ("pnnx", "pnnx"), ("mnn", "MNN"), ("coremltools", "coremltools"), ("numpy", "numpy"), ("cattrs", "cattrs"),
     ),
 }

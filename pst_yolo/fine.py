@@ -34,6 +34,7 @@ import torch.nn as nn
 from pst_yolo import portable
 from pst_yolo.attention import attention
 from pst_yolo.log import log_once
+from pst_yolo.scoring import explicit_attention, export_rows
 from pst_yolo.selection import select_fine_tokens
 from pst_yolo.tracing import coarse_reason, current_form, in_export, is_fake
 
@@ -74,6 +75,10 @@ class FineForm:
         replaced = _replaced(coarse, refined, scores)
         if in_export():  # no constants of the traced sizes: a dynamic export runs at every image size
             mask = torch.cat([_mask(~replaced, q.dtype), _mask(valid, q.dtype) - LOG4], dim=-1)
+            # explicit, in query chunks in a static export: the (N, M + 4k) map is never whole (onnxruntime at
+            # 1280 px held 1.5 GB for it in one piece)
+            rows = export_rows(q, keys.shape[-2])
+            return explicit_attention(q, keys, values, attn.scale, rows, scores=False, bias=mask)[0]
         else:  # where(replaced coarse key | valid fine token, [-big.. | -log 4..], [0.. | -big..]): one select
             on, off = _joint_logits(k.shape[-2], valid.shape[-1], q.dtype, q.device)
             mask = torch.where(torch.cat([replaced, valid], dim=-1), on, off).unsqueeze(-2)
@@ -101,7 +106,9 @@ class PortableForm(FineForm):
         keys, values = torch.cat([k, kf], dim=-2), torch.cat([v, vf], dim=-2)
         keep = torch.cat([1.0 - replaced, valid], dim=-1).to(q.dtype)
         bias = torch.cat([replaced * 0.0, valid * 0.0 - LOG4], dim=-1).to(q.dtype)
-        return portable.masked_attention(q, keys, values, keep, attn.scale, bias)
+        rows = export_rows(q, keys.shape[-2]) or q.shape[-2]  # static shapes: query chunks of bounded size
+        return torch.cat([portable.masked_attention(q[..., i : i + rows, :], keys, values, keep, attn.scale, bias)
+                          for i in range(0, q.shape[-2], rows)], dim=-2)
 
     def _tokens(self, attn, x, scores, coarse_hw, topk):
         """Fine keys, values and validity (offset-major), the chosen regions' one-hots (B, heads, k, M) and which of

@@ -20,6 +20,7 @@ Nothing is patched on an Ultralytics version outside ``SUPPORTED`` (tested range
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import os
 import sys
@@ -216,8 +217,19 @@ def on_export_start(exporter) -> None:
     from pst_yolo.tracing import set_static_export
     from ultralytics.utils import LOGGER
 
-    set_static_export(not getattr(exporter.args, "dynamic", False))
+    dynamic = bool(getattr(exporter.args, "dynamic", False))
+    set_static_export(not dynamic)
     fmt = getattr(exporter.args, "format", None)
+    _QUANTIZER.close()  # a failed export never reached on_export_end
+    if _int8(exporter.args) and _has_pst(getattr(exporter, "model", None)):
+        from pst_yolo.quantize import float_attention
+
+        _QUANTIZER.enter_context(float_attention(fmt))
+    if dynamic and _has_pst(getattr(exporter, "model", None)):
+        LOGGER.info("pst-yolo: dynamic export: each PST attention is traced in one piece (its chunk bounds would fix the "
+                    "input size), so the runtime holds a PST layer's whole attention map, 4 x heads x N x M bytes per "
+                    "image (N, M: the finer and coarser map's pixels; yolo11n-pst's P3 layer: 82 MiB at 640 px, 1.3 GB "
+                    "at 1280 px). dynamic=False exports it in chunks of bounded size (docs/deployment.md).")
     set_form(*form_for(fmt), fmt)
     if fmt == "mnn" and block_mnn_telemetry():
         LOGGER.info("pst-yolo: MNN's converter runs without its usage logger (it would pip-install "
@@ -229,6 +241,19 @@ def on_export_start(exporter) -> None:
                          "would download it for every TensorFlow export)")
 
 
+_QUANTIZER = contextlib.ExitStack()  # pst_yolo.quantize's patch of the export's INT8 quantizer, while one runs
+
+
+def _int8(args) -> bool:
+    return getattr(args, "quantize", None) == 8 or bool(getattr(args, "int8", False))  # 8.4.190 / older spelling
+
+
+def _has_pst(model) -> bool:
+    from pst_yolo.modules import PyramidSparseAttention
+
+    return model is not None and any(isinstance(m, PyramidSparseAttention) for m in model.modules())
+
+
 def on_export_end(exporter) -> None:
     """Back to one-piece tracing in the graph form; repair the FP16 ONNX file Ultralytics' CPU half conversion wrote,
     if any."""
@@ -237,6 +262,7 @@ def on_export_end(exporter) -> None:
 
     set_static_export(False)
     set_form("graph")
+    _QUANTIZER.close()
     args = exporter.args
     half = getattr(args, "quantize", None) == 16 or getattr(args, "half", False)  # 8.4.190 / older spelling
     if getattr(args, "format", None) == "onnx" and half:

@@ -169,21 +169,24 @@ class PyramidSparseAttention(CheckpointedAttention):
         v_map = self.v(u)
         q, k, v = (form.heads(t, self.heads, self.head_dim) for t in (self.q(x), self.k(u), v_map))
         topk = form.topk(self.train_topk if self.training else self.topk)
-        out, scores = self.coarse(q, k, v, topk)
+        # an export of the joint fusion takes its output from the fine branch's own pass: the coarse pass scores only
+        out, scores = self.coarse(q, k, v, topk, output=not (topk > 0 and self.fusion == "joint" and in_export()))
         fine = None if scores is None else self.fine_branch(form, x, q, k, v, scores, tuple(u.shape[-2:]), topk)
         out = self.mix(out, fine)
         # b, h, w from the input's shape: traced symbolically, so a dynamic export keeps a dynamic batch and size
         out = out.transpose(-2, -1).reshape(b, self.heads * self.head_dim, h, w)
         return self.proj(out if self.cpe == "none" else out + self._cpe(v_map, h, w))
 
-    def coarse(self, q, k, v, topk: int):
-        """Coarse output (B, heads, N, d) and, when ``topk`` regions are refined, the selection scores (B, heads, M)."""
+    def coarse(self, q, k, v, topk: int, output: bool = True):
+        """Coarse output (B, heads, N, d) and, when ``topk`` regions are refined, the selection scores (B, heads, M);
+        ``output=False`` (an eval forward with scores): the scores alone, the output None."""
         if self.attn != "softmax":
             if topk > 0:
                 self._log_linear_topk()
             return linear_attention(q, k, v, self.attn), None
-        how = coarse_attention_training if self.training else coarse_attention  # pst_yolo.scoring
-        return how(q, k, v, self.scale, self.backend, scores=topk > 0)
+        if self.training:
+            return coarse_attention_training(q, k, v, self.scale, self.backend, scores=topk > 0)  # pst_yolo.scoring
+        return coarse_attention(q, k, v, self.scale, self.backend, scores=topk > 0, output=output or topk == 0)
 
     def fine_branch(self, form, x, q, k, v, scores, coarse_hw, topk: int) -> torch.Tensor:
         """The fine branch in ``form`` (``pst_yolo.fine``): ``O_fine`` for the paper's additive fusion, the whole output

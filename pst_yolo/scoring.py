@@ -116,7 +116,8 @@ def chunk_rows(q: torch.Tensor, m: int, chunk="auto", budget: int | None = None)
     return None if chunk >= n else chunk
 
 
-def coarse_attention(q, k, v, scale: float, backend: str | None = None, strategy: str | None = None, scores=True):
+def coarse_attention(q, k, v, scale: float, backend: str | None = None, strategy: str | None = None, scores=True,
+                     output=True):
     """Coarse attention output and (``scores=True``) the selection scores.
 
     Args:
@@ -128,6 +129,8 @@ def coarse_attention(q, k, v, scale: float, backend: str | None = None, strategy
             when that kernel returns the log-sum-exp (FlashAttention), else PyTorch's fused op.
         strategy (str | None): One of ``STRATEGIES``; None follows ``$PST_SCORES``.
         scores (bool): False: the output alone (training, k = 0), from the attention kernel (explicit when exporting).
+        output (bool): False: the scores alone (an export of the ``joint`` fusion, whose output comes from its own pass,
+            ``pst_yolo.fine``); the output is None then.
 
     Returns:
         out (torch.Tensor): ``softmax(q k^T * scale) v``, (B, heads, N, d), dtype of ``q``.
@@ -144,10 +147,16 @@ def coarse_attention(q, k, v, scale: float, backend: str | None = None, strategy
             out, lse = attention_lse(q, k, v, scale, backend)
             return out, scores_from_lse(q, k, lse, scale)
     if how == "export":
-        rows = chunk_rows(q, k.shape[-2], "auto", EXPORT_BUDGET) if static_export_enabled() else None
+        rows = export_rows(q, k.shape[-2])
     else:
         rows = chunk_rows(q, k.shape[-2], "auto" if how == "chunked" else None)
-    return explicit_attention(q, k, v, scale, rows, scores)
+    return explicit_attention(q, k, v if output else None, scale, rows, scores)
+
+
+def export_rows(q, m: int) -> int | None:
+    """Queries per chunk of an explicit attention over ``m`` keys traced for export: chunks of ``EXPORT_BUDGET`` logits
+    in a static-shape export, one piece in a dynamic one (a traced chunk bound would freeze the input size)."""
+    return chunk_rows(q, m, "auto", EXPORT_BUDGET) if static_export_enabled() else None
 
 
 def coarse_attention_training(q, k, v, scale: float, backend: str | None = None, scores=True):
@@ -175,8 +184,9 @@ def _as(t: torch.Tensor, dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def explicit_attention(q, k, v, scale: float, rows: int | None, scores: bool = True):
+def explicit_attention(q, k, v, scale: float, rows: int | None, scores: bool = True, bias=None):
     """Output and (``scores=True``) scores from an explicit softmax, in query chunks of ``rows`` (None: one piece).
+    ``v=None``: no output (None), the scores alone. ``bias``: (B, heads, 1, M) added to every query's logits (a mask).
 
     The scale multiplies q (N*d values, not N*M logits) before the first MatMul, the form TensorRT's attention fusion
     recognises in an exported graph. Runs in float32 (float64 for float64) with autocast off: under AMP the top-k must
@@ -185,16 +195,18 @@ def explicit_attention(q, k, v, scale: float, rows: int | None, scores: bool = T
     acc, exporting = _acc_dtype(q), in_export()
     outs, parts = [], []
     with no_autocast(q.device.type):
-        kt, vv = _as(k, acc).transpose(-2, -1), _as(v, acc)
+        kt, vv = _as(k, acc).transpose(-2, -1), None if v is None else _as(v, acc)
         for i in [0] if rows is None else range(0, q.shape[-2], rows):
             qc = q if rows is None else q[..., i : i + rows, :]
-            p = ((_as(qc, acc) * scale) @ kt).softmax(dim=-1)  # scale right before the MatMul, per chunk
-            outs.append(p @ vv)
+            logits = (_as(qc, acc) * scale) @ kt  # scale right before the MatMul, per chunk
+            p = (logits if bias is None else logits + _as(bias, acc)).softmax(dim=-1)
+            if vv is not None:
+                outs.append(p @ vv)
             if scores:
                 parts.append(_sum_over_queries(p, exporting))
-    if exporting and len(parts) > 1:
+    if exporting and outs and len(parts) > 1:
         outs, parts = _one_consumer_per_chunk(outs, parts)
-    out = _as(outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2), q.dtype)
+    out = None if not outs else _as(outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2), q.dtype)
     return out, (sum(parts[1:], parts[0]) / q.shape[-2] if scores else None)
 
 

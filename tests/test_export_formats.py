@@ -32,7 +32,8 @@ from pst_yolo.runtime import set_topk  # noqa: E402
 
 pytestmark = pytest.mark.slow
 IMGSZ = 96
-EXPORTED = {"ncnn": "{stem}_ncnn_model", "mnn": "{stem}.mnn", "coreml": "{stem}.mlpackage"}
+EXPORTED = {"ncnn": "{stem}_ncnn_model", "mnn": "{stem}.mnn", "coreml": "{stem}.mlpackage",
+            "openvino": "{stem}_openvino_model", "openvino-int8": "{stem}_int8_openvino_model"}
 
 
 def _cli(*args, cwd, env=None):
@@ -65,12 +66,14 @@ def trained(tmp_path_factory):
     return ckpt, sharp, data, work
 
 
-def _export(weights: Path, fmt: str, k: int, folder: Path) -> Path:
-    """``yolo export`` of a copy of ``weights`` with ``PST_TOPK=k``; returns the exported file or folder."""
+def _export(weights: Path, fmt: str, k: int, folder: Path, *args: str) -> Path:
+    """``yolo export`` of a copy of ``weights`` with ``PST_TOPK=k``; returns the exported file or folder (``fmt``
+    "openvino-int8": ``format=openvino int8=True``, ``args`` name the calibration data)."""
     folder.mkdir(parents=True, exist_ok=True)
     w = folder / weights.name
     shutil.copy(weights, w)
-    _cli("export", f"model={w}", f"format={fmt}", f"imgsz={IMGSZ}", cwd=folder, env={"PST_TOPK": str(k)})
+    how = ["format=openvino", "int8=True"] if fmt == "openvino-int8" else [f"format={fmt}"]
+    _cli("export", f"model={w}", *how, f"imgsz={IMGSZ}", *args, cwd=folder, env={"PST_TOPK": str(k)})
     path = folder / EXPORTED[fmt].format(stem=w.stem)
     assert path.exists(), f"{fmt} export wrote no {path}"
     return path
@@ -135,6 +138,32 @@ def test_export_computes_fine_attention(trained, fmt):
     assert gap > 0.1  # fine attention matters on this checkpoint
     assert np.abs(got8 - pt8).max() < 0.5 * gap < np.abs(got8 - pt0).max(), (np.abs(got8 - pt8).max(), gap)
     assert np.abs(got0 - pt0).max() < 0.5 * gap
+
+
+def test_int8_openvino_export_with_fine_attention_loads_and_validates(trained):
+    """`yolo export format=openvino int8=True` (NNCF) of the checkpoint with fine attention forced on: the file loads
+    (pst-yolo 0.4's did not: NNCF quantized the padded score vector, whose -1 OpenVINO cannot hold in u8), keeps the
+    fine branch (TopK), quantizes the convolutions but no attention op (pst_yolo.quantize), and validates and detects
+    like the FP32 file."""
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    ckpt, _, data, work = trained
+    int8 = _export(ckpt, "openvino-int8", 8, work / "int8", f"data={data}")
+    fp32 = _export(ckpt, "openvino", 8, work / "fp32")
+    ops = exported_op_counts(int8, "openvino")
+    assert ops["TopK"] >= 2 and ops["FakeQuantize"] > 0, ops
+    model = ov.Core().read_model(next(int8.glob("*.xml")))
+    quantized_attention = sorted(
+        t.get_node().get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+        for out in op.outputs() for t in out.get_target_inputs() if ".attn/" in t.get_node().get_friendly_name())
+    assert not quantized_attention, quantized_attention[:5]
+    got, want = _val(int8, data), _val(fp32, data)
+    assert want[0] > 0.01, "the fixture model should detect something"
+    assert abs(got[0] - want[0]) <= 0.01, (got, want)  # the drop stock's INT8 export shows on this weak model
+    x = _images(data)
+    a, b = _raw(int8, x), _raw(fp32, x)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
 
 
 def test_mnn_export_runs_no_pip(trained, tmp_path):

@@ -35,6 +35,7 @@ MODELS = [  # label, yaml, topk (None = stock model), score strategy (pst_yolo.s
     ("yolo11n-pst k=0", "yolo11n-pst.yaml", 0, None),
     ("yolo11n-pst k=8", "yolo11n-pst.yaml", 8, None),
     ("yolo11n-pst k=8 lse", "yolo11n-pst.yaml", 8, "lse"),
+    ("yolo11n-pst k=8 add", "yolo11n-pst.yaml", 8, None),  # the paper's additive fusion (FUSION_OF)
     ("yolo12n", "yolo12n.yaml", None, None),
     ("yolo12n-pst k=0", "yolo12n-pst.yaml", 0, None),
     ("yolo12n-pst k=8", "yolo12n-pst.yaml", 8, None),
@@ -46,6 +47,18 @@ MODELS = [  # label, yaml, topk (None = stock model), score strategy (pst_yolo.s
     ("yolo26n-pst k=8", "yolo26n-pst.yaml", 8, None),
     ("yolo26n-pst-res k=0", "yolo26n-pst-res.yaml", 0, None),
     ("yolo26n-pst-res k=8", "yolo26n-pst-res.yaml", 8, None),
+]
+# Rows whose PST layers use another fusion than their YAML's (``pst_yolo.runtime.set_fusion``; ``PST_FUSION`` in children).
+FUSION_OF = {"yolo11n-pst k=8 add": "add"}
+# The deployment targets (issue #36), checked on every run that measures them: (what, engine, size, numerator label,
+# denominator label, limit). Engines: "onnx" / "openvino" latency, "onnx-mem" onnxruntime peak memory.
+TARGETS = [
+    ("onnxruntime peak memory, PST k=8 / stock", "onnx-mem", 1280, "yolo11n-pst k=8", "yolo11n", 1.5),
+    ("onnxruntime latency, k=8 / k=0 (joint)", "onnx", 640, "yolo11n-pst k=8", "yolo11n-pst k=0", 1.10),
+    ("onnxruntime latency, k=8 / k=0 (add)", "onnx", 640, "yolo11n-pst k=8 add", "yolo11n-pst k=0", 1.10),
+    ("OpenVINO latency, k=8 / k=0 (joint)", "openvino", 640, "yolo11n-pst k=8", "yolo11n-pst k=0", 1.10),
+    ("OpenVINO latency, k=8 / k=0 (add)", "openvino", 640, "yolo11n-pst k=8 add", "yolo11n-pst k=0", 1.10),
+    ("onnxruntime latency, PST k=8 / stock", "onnx", 640, "yolo11n-pst k=8", "yolo11n", 1.15),
 ]
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
@@ -84,12 +97,12 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------------------- models
-def build(yaml, topk):
+def build(yaml, topk, fusion=None):
     """A fused eval DetectionModel, or None (with the reason) when the YAML does not exist on this branch."""
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from pst_yolo.runtime import set_topk
+    from pst_yolo.runtime import set_fusion, set_topk
 
     try:
         with contextlib.redirect_stdout(None):
@@ -98,6 +111,8 @@ def build(yaml, topk):
         return None, f"{yaml} not available ({type(e).__name__}: {e})"
     if topk is not None:
         set_topk(model, topk)
+    if fusion is not None:
+        set_fusion(model, fusion)
     model = model.fuse(verbose=False).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -128,15 +143,23 @@ def interleaved(fns: dict, runs: int, warmup: int) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------------- latency
-def export_onnx(yaml, topk, size, path):
-    """Export exactly like ``yolo export model=<yaml> format=onnx imgsz=<size>`` (static shape, onnxslim on)."""
+def configured(yaml, topk, fusion=None):
+    """``YOLO(yaml)`` at ``topk`` (None: as built) with its PST layers in ``fusion`` (None: as built)."""
     from ultralytics import YOLO
 
-    from pst_yolo.runtime import set_topk
+    from pst_yolo.runtime import set_fusion, set_topk
 
     y = YOLO(yaml)
     if topk is not None:
         set_topk(y, topk)
+    if fusion is not None:
+        set_fusion(y, fusion)
+    return y
+
+
+def export_onnx(yaml, topk, size, path, fusion=None):
+    """Export exactly like ``yolo export model=<yaml> format=onnx imgsz=<size>`` (static shape, onnxslim on)."""
+    y = configured(yaml, topk, fusion)
     with contextlib.redirect_stdout(None):
         out = y.export(format="onnx", imgsz=size, batch=1, simplify=True, device="cpu", verbose=False)
     return str(Path(out).rename(path))
@@ -182,7 +205,7 @@ def latency(args, models, labels_yaml, notes):
             for label in exported:
                 path = Path(args.workdir) / f"{label.replace(' ', '_').replace('=', '')}_{size}.onnx"
                 try:
-                    onnx_paths[(label, size)] = export_onnx(*labels_yaml[label][:2], size, path)
+                    onnx_paths[(label, size)] = export_onnx(*labels_yaml[label][:2], size, path, FUSION_OF.get(label))
                     sessions[label] = ort_session(onnx_paths[(label, size)], args.threads)
                 except Exception as e:  # report, keep benchmarking the rest
                     notes.append(f"onnx export/load of {label} at {size} failed: {type(e).__name__}: {e}")
@@ -198,7 +221,7 @@ def latency(args, models, labels_yaml, notes):
             compiled = {}
             for label in exported:
                 try:
-                    compiled[label] = openvino_model(*labels_yaml[label][:2], size, args)
+                    compiled[label] = openvino_model(*labels_yaml[label][:2], size, args, FUSION_OF.get(label))
                 except Exception as e:
                     notes.append(f"openvino export/compile of {label} at {size} failed: {type(e).__name__}: {e}")
             xn = x.numpy()
@@ -217,16 +240,11 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def openvino_model(yaml, topk, size, args):
+def openvino_model(yaml, topk, size, args, fusion=None):
     """Export like ``yolo export format=openvino imgsz=<size>`` (fp32) and compile for the CPU; returns a callable."""
     import openvino as ov
-    from ultralytics import YOLO
 
-    from pst_yolo.runtime import set_topk
-
-    y = YOLO(yaml)
-    if topk is not None:
-        set_topk(y, topk)
+    y = configured(yaml, topk, fusion)
     with contextlib.redirect_stdout(None):
         folder = y.export(format="openvino", imgsz=size, batch=1, device="cpu", verbose=False)
     core = ov.Core()
@@ -337,7 +355,9 @@ def memory(args, labels_yaml, onnx_paths, notes):
         for label, (yaml, topk, strategy) in labels_yaml.items():
             res = {}
             jobs = [("torch", str(size))]
-            child_env = {**env, "PST_SCORES": strategy} if strategy else env
+            child_env = {**env, "PST_SCORES": strategy} if strategy else dict(env)
+            if label in FUSION_OF:
+                child_env["PST_FUSION"] = FUSION_OF[label]
             if (label, size) in onnx_paths:
                 jobs.append(("onnx", onnx_paths[(label, size)]))
             for engine, what in jobs:
@@ -360,6 +380,28 @@ def memory_table(rows):
         st = d.get((stock_of(lab), s), (None, None))
         pst = "-pst" in lab
         out.append(f"| {lab} | {s} | {f(pt)} | {fmt_ratio(pt, st[0]) if pst else ''} | {f(ox)} | {fmt_ratio(ox, st[1]) if pst else ''} |")
+    return "\n".join(out)
+
+
+def targets_table(rows, mem_rows) -> str:
+    """Each of ``TARGETS`` this run measured: the ratio, its limit, and whether it is met (misses named under it)."""
+    values = {}
+    for lab, s, _pt, ox, ov in rows:
+        values[("onnx", s, lab)], values[("openvino", s, lab)] = ox, ov
+    for lab, s, _pt, ox in mem_rows:
+        values[("onnx-mem", s, lab)] = ox
+    out = ["| target | size | measured | limit | met |", "|---|---:|---:|---:|---|"]
+    missed = []
+    for what, engine, size, num, den, limit in TARGETS:
+        a, b = values.get((engine, size, num)), values.get((engine, size, den))
+        if a is None or not b:
+            out.append(f"| {what} | {size} | not measured | {limit:.2f} | - |")
+            continue
+        ratio = a / b
+        out.append(f"| {what} | {size} | {ratio:.2f} | {limit:.2f} | {'yes' if ratio <= limit else '**no**'} |")
+        if ratio > limit:
+            missed.append(what)
+    out.append("\n" + (f"Missed: {'; '.join(missed)}." if missed else "Every measured target is met."))
     return "\n".join(out)
 
 
@@ -517,7 +559,7 @@ def main(argv=None):
     for label, yaml, topk, strategy in MODELS:
         if args.models and label not in args.models:
             continue
-        m, why = build(yaml, topk)
+        m, why = build(yaml, topk, FUSION_OF.get(label))
         if m is None:
             notes.append(f"skipped {label}: {why}")
             continue
@@ -528,8 +570,11 @@ def main(argv=None):
               + "\n")
     rows, onnx_paths = latency(args, models, labels_yaml, notes)
     print("## Inference latency (median, batch 1, CPU)\n\n" + latency_table(rows) + "\n")
+    mem_rows = []
     if not args.no_memory:
-        print("## Peak extra resident memory of one forward\n\n" + memory_table(memory(args, labels_yaml, onnx_paths, notes)) + "\n")
+        mem_rows = memory(args, labels_yaml, onnx_paths, notes)
+        print("## Peak extra resident memory of one forward\n\n" + memory_table(mem_rows) + "\n")
+    print("## Targets\n\n" + targets_table(rows, mem_rows) + "\n")
     if not args.no_train:
         print("## Training step (forward + loss + backward, CPU)\n\n" + train_step(args, notes) + "\n")
     if not args.no_psa:
