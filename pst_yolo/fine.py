@@ -36,7 +36,7 @@ from pst_yolo.attention import attention
 from pst_yolo.log import log_once
 from pst_yolo.scoring import explicit_attention, export_rows
 from pst_yolo.selection import select_fine_tokens
-from pst_yolo.tracing import coarse_reason, current_form, in_export, is_fake
+from pst_yolo.tracing import coarse_reason, current_form, in_export, is_fake, static_export_enabled
 
 
 class FineForm:
@@ -164,9 +164,10 @@ def _replaced(coarse: torch.Tensor, refined: torch.Tensor, scores: torch.Tensor)
     ``pst_yolo.export.TENSORRT_ONNX_OPS``, which has no scatter)."""
     if in_export():
         m = scores.shape[-1]  # torch.export keeps it symbolic
-        if torch.jit.is_tracing():
+        if torch.jit.is_tracing() and not static_export_enabled():
             # M counted from data: the jit tracer (TorchScript, the ONNX exporter) folds the traced shape of these
-            # tensors into a constant, which would fix a dynamic export to the image size it was traced at
+            # tensors into a constant, which would fix a dynamic export to the image size it was traced at (a static
+            # export keeps the constant: its tensors' sizes stay readable, tests/test_export_cost.py)
             m = (scores[0, 0] * 0.0 + 1.0).sum().to(torch.int64)
         positions = torch.arange(m, device=coarse.device)
         return ((coarse.unsqueeze(-1) == positions) & refined.unsqueeze(-1)).any(-2)

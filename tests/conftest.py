@@ -15,6 +15,8 @@ is still made once.
 import os
 import tempfile
 
+import pytest
+
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if WORKER:
     # two workers on two cores: one intra-op thread each (torch, onnxruntime, OpenVINO and the training subprocesses
@@ -39,6 +41,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own (also tryfirst, registered earlier), which turns -n into workers
 def pytest_cmdline_main(config):
     """Run on one xdist worker per core unless the command line chose (``-n``, ``--dist``) or xdist is off."""
     if WORKER or not config.pluginmanager.hasplugin("xdist"):
@@ -56,8 +59,6 @@ def pytest_cmdline_main(config):
 def pytest_collection_modifyitems(config, items):
     """Keep every test that uses a module- or session-scoped fixture of its own module on one worker, with the rest
     of that module's users: the fixture (a training, an export) is then computed once, as without xdist."""
-    import pytest
-
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is None or item.get_closest_marker("xdist_group"):
