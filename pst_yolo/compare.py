@@ -22,6 +22,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pst_yolo.control import SUFFIX as CONTROL
+from pst_yolo.control import control_base, initial_weights
 from pst_yolo.runner import STAMP, entry_point
 
 # results.csv columns of the metric the curves show, per task (masks for segmentation, keypoints for pose)
@@ -45,6 +47,8 @@ class Run:
     curve: list = field(default_factory=list)
     # k -> (metric 1, metric 2); k = None for a model without PST layers
     metrics: dict = field(default_factory=dict)
+    # further ``yolo train`` arguments of this run alone (a control's ``pretrained=``, pst_yolo.control)
+    extra: dict = field(default_factory=dict)
 
 
 def label_of(model: str) -> str:
@@ -98,7 +102,8 @@ def validate(weights: Path, data, k: int | None, imgsz: int, batch: int, device:
 
 
 def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0, 8), out="runs/compare", jobs=1,
-            device="cpu", weights="last", reuse=True, val_data=None, progress=None, **train_args) -> dict:
+            device="cpu", weights="last", reuse=True, val_data=None, progress=None, control=False,
+            **train_args) -> dict:
     """Train ``models`` with identical settings for every seed, validate, write table.md, curves.png, results.json.
 
     Args:
@@ -117,6 +122,10 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
         val_data (str | Path | None): Evaluate the final weights on this data YAML's val split instead of ``data``'s
             (a larger held-out set); the per-epoch curves stay those of ``data``.
         progress (pst_yolo.progress.Progress | None): Where progress goes (default: stdout, bars on a terminal).
+        control (bool | str): Add an init-matched control arm ``<label>-control`` after every PST model: its stock
+            network started from the PST model's initial weights at each seed (``pst_yolo.control``); the table then
+            has a paired section (``paired_table``). ``"only"``: train the control arms alone (the PST and stock arms
+            ran elsewhere: merge the folders with ``merge_results`` / ``--summarize``).
         **train_args: Further ``yolo train`` arguments for every run (e.g. ``close_mosaic=5``, ``pretrained=...``).
 
     Returns:
@@ -155,7 +164,25 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
     check_settings(out, {**settings, "data": str(data), "val_data": str(val_data or data), "ks": ks,
                          "weights": weights})
     project.mkdir(parents=True, exist_ok=True)
-    runs = [Run(lab, m, s, project / f"{lab}-s{s}") for s in seeds for m, lab in zip(models, labels)]
+    arms = [(m, lab, None) for m, lab in zip(models, labels)]
+    if control:
+        arms = control_arms(arms, progress)
+        if control == "only":
+            arms = [a for a in arms if a[2] is not None]
+            if not arms:
+                raise ValueError(f"pst-yolo: --control-only needs a PST model among {models}")
+        labels = [lab for _, lab, _ in arms]
+    runs = []
+    for s in seeds:
+        for m, lab, pst_model in arms:
+            run = Run(lab, m, s, project / f"{lab}-s{s}")
+            if pst_model is not None:  # the PST model's initial weights at this seed (made once, reused on resume)
+                init = out / "init" / f"{lab}-s{s}.pt"
+                if not init.is_file():
+                    progress.say(f"initial weights of {label_of(pst_model)} s{s} for {lab}")
+                    initial_weights(pst_model, data, s, settings, init)
+                run.extra = {"pretrained": str(init)}
+            runs.append(run)
     jobs = max(1, min(int(jobs), len(runs)))
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), "YOLO_OFFLINE": "1",
            "YOLO_AUTOINSTALL": "False"}
@@ -163,8 +190,9 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
     if not reuse:
         for run in runs:
             (run.dir / STAMP).unlink(missing_ok=True)
-    run_jobs([Job(f"{r.label} s{r.seed}", train_command(r.model, data, r.seed, settings, project, r.dir.name), r.dir,
-                  int(epochs), project, env, CURVE_COLUMN[task]) for r in runs], jobs, progress, out)
+    run_jobs([Job(f"{r.label} s{r.seed}", train_command(r.model, data, r.seed, {**settings, **r.extra}, project,
+                                                        r.dir.name), r.dir, int(epochs), project, env,
+                  CURVE_COLUMN[task]) for r in runs], jobs, progress, out)
     from ultralytics.utils import LOGGER
 
     level = LOGGER.level
@@ -179,7 +207,7 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
                 run.metrics[k] = validate(w, val_data or data, k, imgsz, batch, device, task)
     finally:
         LOGGER.setLevel(level)
-    baseline = next((lab for lab, r in zip(labels, runs) if None in r.metrics), None)
+    baseline = next((r.label for r in runs if None in r.metrics and not r.label.endswith(CONTROL)), None)
     result = {
         "settings": {**settings, "data": str(data), "val_data": str(val_data or data), "seeds": seeds, "ks": ks,
                      "weights": weights},
@@ -195,6 +223,21 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
 
 
 MANIFEST = "compare.json"
+
+
+def control_arms(arms: list, progress) -> list:
+    """``arms`` ((model, label, None) each) with an init-matched control (stock model, ``<label>-control``, the PST
+    model) after every PST model; a PST model without a stock counterpart is refused (``control_base``)."""
+    from ultralytics import YOLO
+
+    out = []
+    for model, label, _ in arms:
+        out.append((model, label, None))
+        if has_pst(YOLO(model).model):
+            base = control_base(model)
+            progress.say(f"control of {label}: {base} from {label}'s initial weights at each seed")
+            out.append((base, label + CONTROL, model))
+    return out
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -260,7 +303,60 @@ def markdown_table(result: dict) -> str:
     held_out = f", evaluated on {s['val_data']}" if s.get("val_data", s["data"]) != s["data"] else ""
     lines += ["", (f"{s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}, device {s['device']}, seeds "
                    f"{s['seeds']}, {s['weights']}.pt weights, data {s['data']}{held_out}; extra train args: {extra}.")]
-    return "\n".join(lines) + "\n"
+    paired = paired_table(result)
+    return "\n".join(lines) + "\n" + ("\n" + paired if paired else "")
+
+
+PAIRED_DELTA = 0.02  # the effect a paired comparison is sized for (2% of the baseline's mean)
+
+
+def paired_seeds(diffs: list[float], scale: float, delta: float = PAIRED_DELTA, z: float = 2.0) -> int | None:
+    """Seeds for a mean paired difference of ``delta * scale`` to lie ``z`` standard errors from 0, given the spread
+    of the per-seed differences ``diffs`` (standard error ``sd / sqrt(n)``); None with fewer than two seeds."""
+    if len(diffs) < 2 or scale <= 0:
+        return None
+    return max(2, math.ceil((z * statistics.stdev(diffs) / (delta * scale)) ** 2))
+
+
+def paired_table(result: dict) -> str:
+    """Per PST model with a control arm, seed by seed: PST - control (what the PST did on that initialisation) and
+    control - baseline (what re-drawing the initialisation did), then mean ± std, the worst seed and the seeds the
+    paired difference needs to resolve a 2% effect. Empty when the comparison has no control arm."""
+    by = {(r["label"], r["seed"]): r["metrics"] for r in result["runs"]}
+    base = result.get("baseline")
+    n1 = METRIC_NAMES[result["task"]][0]
+    lines = []
+    for label in result["models"]:
+        ctrl = label + CONTROL
+        if ctrl not in result["models"]:
+            continue
+        seeds = sorted(s for (lab, s) in by if lab == label and (ctrl, s) in by)
+        ks = [k for k in by[(label, seeds[0])]] if seeds else []
+        for k in ks:
+            d_pst = [by[(label, s)][k][0] - by[(ctrl, s)]["None"][0] for s in seeds]
+            d_init = [by[(ctrl, s)]["None"][0] - by[(base, s)]["None"][0] for s in seeds if (base, s) in by]
+            scale = statistics.fmean(by[(base, s)]["None"][0] for s in seeds if (base, s) in by) if d_init else \
+                statistics.fmean(by[(ctrl, s)]["None"][0] for s in seeds)
+            if not lines:
+                lines = [f"Paired by seed ({n1}; control: the stock network on the PST model's initialisation, "
+                         "pst_yolo.control):", "",
+                         "| model | fine attention | seed | PST - control | control - " + (base or "baseline") + " |",
+                         "|---|---|---:|---:|---:|"]
+            fine = "off (k=0)" if k == "0" else f"on (k={k})"
+            for i, s in enumerate(seeds):
+                init = f"{d_init[i]:+.4f}" if len(d_init) == len(seeds) else ""
+                lines.append(f"| {label} | {fine} | {s} | {d_pst[i]:+.4f} | {init} |")
+            m, sd = _stats(d_pst)
+            need = paired_seeds(d_pst, scale)
+            init_summary = ""
+            if len(d_init) == len(seeds):
+                mi, sdi = _stats(d_init)
+                init_summary = f"{mi:+.4f} ± {sdi:.4f}, worst {min(d_init):+.4f}"
+            lines.append(f"| {label} | {fine} | mean ± std, worst | {m:+.4f} ± {sd:.4f}, worst {min(d_pst):+.4f} | "
+                         f"{init_summary} |")
+            lines.append(f"| {label} | {fine} | seeds for a {PAIRED_DELTA:.0%} effect | "
+                         f"{'-' if need is None else need} | |")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _load(result) -> dict:
@@ -347,8 +443,9 @@ def summary_table(results: dict) -> str:
         worsts = ["" if c is None or c[4] is None else f"{c[4]:.2f}" for c in worsts]
         lines.append(f"| {model} | {fine} | " + " | ".join(row) + f" | {mean_ratio} | " + " | ".join(worsts) + " |")
     noise = {n: cells.get(((loaded[n]["baseline"], None), n)) for n in names}
+    paired = "".join(f"\n{n}: {p}" for n in names if (p := paired_table(loaded[n])))
     return "\n".join(lines) + "\n" + resolution_note(
-        {n: (c[1] / c[0], c[2]) for n, c in noise.items() if c and c[0] > 0 and c[2] > 1})
+        {n: (c[1] / c[0], c[2]) for n, c in noise.items() if c and c[0] > 0 and c[2] > 1}) + paired
 
 
 def seeds_to_resolve(rel_std: float, delta: float = RESOLVE_DELTA, z: float = 2.0) -> int:

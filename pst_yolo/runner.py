@@ -165,10 +165,10 @@ def run_jobs(jobs: list, parallel: int, progress, where: Path, poll: float = 1.0
                 running[job] = _start(job)
                 progress.start(job.name, job.epochs)
             for job, proc in list(running.items()):
+                rc = proc.poll()  # before reading the rows: a run that just ended has written all of them
                 done = rows(job)
-                if done:
-                    progress.epoch(job.name, len(done), _metric(job, done[-1]))
-                rc = proc.poll()
+                for n in range(1, len(done) + 1):  # every epoch its line, also two that ended within one poll
+                    progress.epoch(job.name, n, _metric(job, done[n - 1]))
                 if rc is None:
                     continue
                 del running[job]

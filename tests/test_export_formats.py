@@ -156,7 +156,8 @@ def test_int8_openvino_export_with_fine_attention_loads_and_validates(trained):
     model = ov.Core().read_model(next(int8.glob("*.xml")))
     quantized_attention = sorted(
         t.get_node().get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
-        for out in op.outputs() for t in out.get_target_inputs() if ".attn/" in t.get_node().get_friendly_name())
+        for out in op.outputs() for t in out.get_target_inputs()
+        if ".attn/" in t.get_node().get_friendly_name() and t.get_node().get_type_name() != "ShapeOf")  # shape reads
     assert not quantized_attention, quantized_attention[:5]
     got, want = _val(int8, data), _val(fp32, data)
     assert want[0] > 0.01, "the fixture model should detect something"

@@ -3,6 +3,7 @@
     pst-yolo compare yolo11n.yaml yolo11n-pst.yaml yolo12n.yaml                        # demo data, 25 epochs, seed 0
     pst-yolo compare yolo11n.yaml yolo11n-pst-res.yaml data=my.yaml epochs=100 seeds=0,1 jobs=2
     pst-yolo compare yolo11n.yaml yolo11n-pst.yaml data=my.yaml imgsz=640 device=0 close_mosaic=10  # any yolo train arg
+    pst-yolo compare yolo11n.yaml yolo11n-pst-res.yaml --control seeds=0,1,2   # + init-matched control, paired table
     pst-yolo compare --summarize demo=runs/cmp-demo photos=runs/cmp-photos    # finished comparisons side by side
     pst-yolo compare --summarize demo=runs/seeds012,runs/seeds345            # separate runs of one set, merged
 
@@ -39,6 +40,11 @@ def parser():
     ap.add_argument("--fresh", action="store_true", help="train every run again (default: reuse finished ones)")
     ap.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE", help="extra yolo train arguments (or give "
                                                                                "them as plain key=value)")
+    ap.add_argument("--control", action="store_true",
+                    help="add an init-matched control after every PST model (its stock network on the PST model's "
+                         "initial weights, seed by seed) and a paired table")
+    ap.add_argument("--control-only", action="store_true",
+                    help="train only those controls (the PST and stock runs are in other folders: --summarize merges)")
     ap.add_argument("--out", default="runs/compare")
     return ap
 
@@ -78,7 +84,7 @@ def main(argv=None):
     ks = [k for group in args.k for k in group]
     try:
         result = compare(models, args.data, args.epochs, args.imgsz, args.batch, seeds, ks, args.out, args.jobs,
-                         args.device, args.weights, not args.fresh, args.val_data, **train)
+                         args.device, args.weights, not args.fresh, args.val_data, control="only" if args.control_only else args.control, **train)
     except ValueError as e:  # other arguments into an existing comparison, a bad model list, ...
         ap.error(str(e))
     print(markdown_table(result))
