@@ -49,7 +49,11 @@ def initial_weights(model: str, data, seed: int, settings: dict, path: Path) -> 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from ultralytics.cfg import smart_value
+
     trainer_class = YOLO(model)._smart_load("trainer")
+    # extra arguments arrive as the command line's strings ("close_mosaic=10"): typed as `yolo train` types them
+    settings = {k: smart_value(v) if isinstance(v, str) else v for k, v in settings.items()}
     overrides = {**settings, "model": model, "data": str(data), "seed": int(seed), "deterministic": True,
                  "workers": 0, "plots": False, "project": str(path.parent / "trainer"), "name": path.stem,
                  "exist_ok": True, "mode": "train", "pretrained": False}

@@ -18,7 +18,7 @@ from pst_yolo.compare import compare, has_pst, paired_table, yolo_command  # noq
 from pst_yolo.control import control_base, initial_weights, shared_tensors  # noqa: E402
 from pst_yolo.data import make_detection_dataset  # noqa: E402
 
-SETTINGS = {"epochs": 1, "imgsz": 64, "batch": 2, "device": "cpu"}
+SETTINGS = {"epochs": 1, "imgsz": 64, "batch": 2, "device": "cpu", "close_mosaic": "1"}  # a string, as typed
 
 
 @pytest.fixture(scope="module")
