@@ -38,8 +38,11 @@ def test_control_base_names():
 
 
 def _trainer_model(model, data, seed, tmp, **extra):
+    from ultralytics.cfg import smart_value
+
+    typed = {k: smart_value(v) if isinstance(v, str) else v for k, v in SETTINGS.items()}  # as `yolo train` types them
     trainer = YOLO(model)._smart_load("trainer")(overrides={
-        **SETTINGS, "model": model, "data": str(data), "seed": seed, "deterministic": True, "workers": 0,
+        **typed, "model": model, "data": str(data), "seed": seed, "deterministic": True, "workers": 0,
         "plots": False, "project": str(tmp), "name": Path(model).stem, "exist_ok": True, **extra})
     trainer.setup_model()
     return trainer.model
