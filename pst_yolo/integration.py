@@ -222,9 +222,9 @@ def on_export_start(exporter) -> None:
     fmt = getattr(exporter.args, "format", None)
     _QUANTIZER.close()  # a failed export never reached on_export_end
     if _int8(exporter.args) and _has_pst(getattr(exporter, "model", None)):
-        from pst_yolo.quantize import float_attention
+        from pst_yolo.quantize import float_attention, psa_paths
 
-        _QUANTIZER.enter_context(float_attention(fmt))
+        _QUANTIZER.enter_context(float_attention(fmt, psa_paths(exporter.model)))
     if dynamic and _has_pst(getattr(exporter, "model", None)):
         LOGGER.info("pst-yolo: dynamic export: each PST attention is traced in one piece (its chunk bounds would fix the "
                     "input size), so the runtime holds a PST layer's whole attention map, 4 x heads x N x M bytes per "

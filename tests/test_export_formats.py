@@ -33,7 +33,8 @@ from pst_yolo.runtime import set_topk  # noqa: E402
 pytestmark = pytest.mark.slow
 IMGSZ = 96
 EXPORTED = {"ncnn": "{stem}_ncnn_model", "mnn": "{stem}.mnn", "coreml": "{stem}.mlpackage",
-            "openvino": "{stem}_openvino_model", "openvino-int8": "{stem}_int8_openvino_model"}
+            "openvino": "{stem}_openvino_model", "onnx": "{stem}.onnx", "openvino-int8": "{stem}_int8_openvino_model",
+            "onnx-int8": "{stem}_int8.onnx", "mnn-int8": "{stem}.mnn", "coreml-int8": "{stem}.mlpackage"}
 
 
 def _cli(*args, cwd, env=None):
@@ -68,11 +69,11 @@ def trained(tmp_path_factory):
 
 def _export(weights: Path, fmt: str, k: int, folder: Path, *args: str) -> Path:
     """``yolo export`` of a copy of ``weights`` with ``PST_TOPK=k``; returns the exported file or folder (``fmt``
-    "openvino-int8": ``format=openvino int8=True``, ``args`` name the calibration data)."""
+    "F-int8": ``format=F int8=True``, ``args`` name the calibration data)."""
     folder.mkdir(parents=True, exist_ok=True)
     w = folder / weights.name
     shutil.copy(weights, w)
-    how = ["format=openvino", "int8=True"] if fmt == "openvino-int8" else [f"format={fmt}"]
+    how = [f"format={fmt[:-5]}", "int8=True"] if fmt.endswith("-int8") else [f"format={fmt}"]
     _cli("export", f"model={w}", *how, f"imgsz={IMGSZ}", *args, cwd=folder, env={"PST_TOPK": str(k)})
     path = folder / EXPORTED[fmt].format(stem=w.stem)
     assert path.exists(), f"{fmt} export wrote no {path}"
@@ -140,25 +141,22 @@ def test_export_computes_fine_attention(trained, fmt):
     assert np.abs(got0 - pt0).max() < 0.5 * gap
 
 
-def test_int8_openvino_export_with_fine_attention_loads_and_validates(trained):
-    """`yolo export format=openvino int8=True` (NNCF) of the checkpoint with fine attention forced on: the file loads
-    (pst-yolo 0.4's did not: NNCF quantized the padded score vector, whose -1 OpenVINO cannot hold in u8), keeps the
-    fine branch (TopK), quantizes the convolutions but no attention op (pst_yolo.quantize), and validates and detects
+@pytest.mark.parametrize("fmt", ["openvino", "onnx", "mnn"])
+def test_int8_export_with_fine_attention_loads_and_validates(trained, fmt):
+    """`yolo export format=F int8=True` of the checkpoint with fine attention forced on: the file loads (pst-yolo
+    0.4's OpenVINO file did not: NNCF quantized the padded score vector, whose -1 OpenVINO cannot hold in u8), keeps
+    the fine branch (TopK), quantizes the convolutions but no op of a PSA's attention where the quantizer rounds
+    activations (OpenVINO/NNCF, onnxruntime: pst_yolo.quantize; MNN rounds weights only), and validates and detects
     like the FP32 file."""
-    pytest.importorskip("nncf")
-    import openvino as ov
-
+    if fmt == "openvino":
+        pytest.importorskip("nncf")
     ckpt, _, data, work = trained
-    int8 = _export(ckpt, "openvino-int8", 8, work / "int8", f"data={data}")
-    fp32 = _export(ckpt, "openvino", 8, work / "fp32")
-    ops = exported_op_counts(int8, "openvino")
-    assert ops["TopK"] >= 2 and ops["FakeQuantize"] > 0, ops
-    model = ov.Core().read_model(next(int8.glob("*.xml")))
-    quantized_attention = sorted(
-        t.get_node().get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
-        for out in op.outputs() for t in out.get_target_inputs()
-        if ".attn/" in t.get_node().get_friendly_name() and t.get_node().get_type_name() != "ShapeOf")  # shape reads
-    assert not quantized_attention, quantized_attention[:5]
+    calibrate = [] if fmt == "mnn" else [f"data={data}"]  # MNN's INT8 is weight-only: Ultralytics refuses data=
+    int8 = _export(ckpt, fmt + "-int8", 8, work / f"int8-{fmt}", *calibrate)
+    fp32 = _export(ckpt, fmt, 8, work / f"fp32-{fmt}")
+    ops = exported_op_counts(int8, fmt)
+    assert ops.get("TopK", 0) >= 2, ops
+    assert _quantized_attention(int8, fmt, ckpt) == [], "PSA attention ops fed by quantized tensors"
     got, want = _val(int8, data), _val(fp32, data)
     assert want[0] > 0.01, "the fixture model should detect something"
     # One-sided: a gain is no defect. On 24 images of a weak model INT8 rounding moves mAP50-95 by about 0.01 either
@@ -167,6 +165,46 @@ def test_int8_openvino_export_with_fine_attention_loads_and_validates(trained):
     x = _images(data)
     a, b = _raw(int8, x), _raw(fp32, x)
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def _quantized_attention(path, fmt, ckpt) -> list:
+    """The PSA attention ops (not its convolutions) of an INT8 file that read a quantized tensor; asserts that the
+    file quantizes something."""
+    from pst_yolo.quantize import onnx_attention_nodes, psa_paths
+
+    paths = psa_paths(torch.load(ckpt, weights_only=False)["model"])
+    if fmt == "openvino":
+        import openvino as ov
+
+        model = ov.Core().read_model(next(path.glob("*.xml")))
+        ops = model.get_ordered_ops()
+        assert any(op.get_type_name() == "FakeQuantize" for op in ops)
+        return sorted(t.get_node().get_friendly_name() for op in ops if op.get_type_name() == "FakeQuantize"
+                      for out in op.outputs() for t in out.get_target_inputs()
+                      if any(f"{p}/aten::" in t.get_node().get_friendly_name() for p in paths)
+                      and t.get_node().get_type_name() != "ShapeOf")  # shape reads
+    if fmt == "onnx":
+        import onnx
+
+        graph = onnx.load(str(path)).graph
+        attention = set(onnx_attention_nodes(graph, paths))
+        assert attention, paths
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        assert dequantized  # the convolutions are quantized
+        # QDQ: an op runs in integer arithmetic where its inputs come from DequantizeLinear. The Q/K/V convolutions'
+        # outputs are rounded like every conv output (a reshape reads them); the products and softmaxes must not be.
+        return sorted(n.name for n in graph.node if n.name in attention and set(n.input) & dequantized
+                      and n.op_type in ("MatMul", "Softmax", "Gemm", "TopK", "ReduceSum", "Add", "Mul"))
+    return []  # MNN: weight-only INT8 (--weightQuantBits 8), activations stay float
+
+
+def test_coreml_int8_program_carries_fine_attention(trained):
+    """CoreML INT8 (8-bit palettized weights; no runtime on Linux): the k=8 program converts and holds the portable fine
+    branch like the float one, with palettized weights."""
+    ckpt, _, data, work = trained
+    ops = exported_op_counts(_export(ckpt, "coreml-int8", 8, work / "coreml-int8"), "coreml")
+    assert ops["reduce_max"] == 2 * 8 * 2, sorted(ops)
+    assert any("lut" in op or "palett" in op or "constexpr" in op for op in ops), sorted(ops)
 
 
 def test_mnn_export_runs_no_pip(trained, tmp_path):

@@ -7,13 +7,20 @@ the format on a CPU, and a parity check of the raw outputs against PyTorch on th
     pst-yolo export-matrix                              # every format whose toolchain is installed
     pst-yolo export-matrix --formats ncnn coreml --out runs/matrix-ncnn
     pst-yolo export-matrix --stock s.pt --pst p.pt --data my.yaml --imgsz 640
+    pst-yolo export-matrix --int8 --formats onnx openvino mnn coreml --val-data held_out.yaml   # + the INT8 table
 
 Rows: stock, PST k=8 (the checkpoint's default fine attention) and PST k=0 (``PST_TOPK=0``), per format. Columns:
 the exported size, mAP50-95 / mAP50 (the PyTorch figure of the same row in the header row), the largest raw-output
 difference to PyTorch with the same k over the parity images ("vs pt"), for PST k=8 also to the PyTorch k=0 output
 ("vs k=0": a carried fine branch stays closer to k=8 than to k=0), and the fine-attention ops the file carries
 (``pst_yolo.formats``: ``graph`` = TopK/Gather, ``portable`` = max-and-mask rounds and one-hot MatMuls).
-Formats whose toolchain is missing are listed with the extra that installs it. Writes <out>/matrix.md and
+Formats whose toolchain is missing are listed with the extra that installs it.
+
+``--int8`` adds a second table for the formats with an INT8 export (``INT8``): stock and PST k=8 exported with
+``int8=True data=...`` (``--data``'s validation images calibrate, Ultralytics' default split; ``--val-data`` validates
+every row on other images), validated on the same images as the FP32 rows, the
+drop (INT8 - FP32 mAP50-95), file sizes, and the latency of the four files of a format (stock and PST, FP32 and INT8)
+timed interleaved in one process, with the PST / stock ratio at each precision and their quotient. Writes <out>/matrix.md and
 <out>/matrix.json; ``--append`` merges rows into an existing matrix.json (toolchains that need their own environment:
 TensorFlow, PaddlePaddle; see docs/deployment.md).
 """
@@ -50,6 +57,11 @@ FORMATS = {
     "paddle": (("paddle", "x2paddle"), "paddle", True, ("paddlepaddle", "x2paddle")),
 }
 PARITY_IMAGES = 8
+# formats with an INT8 export in Ultralytics whose quantizer runs on a CPU; what it rounds
+INT8 = {"onnx": "int8 weights and activations (onnxruntime static)", "openvino": "int8 weights and activations (NNCF)",
+        "mnn": "int8 weights", "coreml": "8-bit palettized weights", "tflite": "int8 weights and activations",
+        "saved_model": "int8 weights and activations (onnx2tf)"}
+LATENCY_RUNS = 30
 
 
 def missing(fmt: str) -> list[str]:
@@ -120,6 +132,9 @@ def worker(args) -> None:
     from ultralytics.nn.autobackend import AutoBackend
 
     result = {}
+    if args.latency:
+        print("RESULT " + json.dumps(latency(args.latency.split(","), args.imgsz)))
+        return
     if args.val:
         m = YOLO(args.model, task=args.task)
         # rect=False: exported models run at the fixed export size, so the PyTorch reference must too (a PyTorch val
@@ -145,6 +160,28 @@ def worker(args) -> None:
         outs.append(np.asarray(y.detach() if torch.is_tensor(y) else y, dtype=np.float32))
     np.save(args.raw, np.stack(outs))
     print("RESULT " + json.dumps(result))
+
+
+def latency(models: list, imgsz: int, runs: int = LATENCY_RUNS) -> dict:
+    """Median milliseconds per image of each exported file, one image at a time, timed interleaved (run i of every model
+    before run i + 1 of any) so that load on the machine falls on all of them alike."""
+    import statistics
+
+    import torch
+    from ultralytics.nn.autobackend import AutoBackend
+
+    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    backends = [AutoBackend(m, device=torch.device("cpu"), fuse=True) for m in models]
+    for b in backends:
+        for _ in range(3):
+            b(x)
+    times = [[] for _ in backends]
+    for _ in range(runs):
+        for b, t in zip(backends, times):
+            start = time.perf_counter()
+            b(x)
+            t.append(time.perf_counter() - start)
+    return {"ms": [round(1000 * statistics.median(t), 3) for t in times]}
 
 
 def run_worker(model, task, data, images, imgsz, k, raw: Path, val: bool, env=None) -> dict:
@@ -209,6 +246,131 @@ def rows_for(fmt, models, data, images, imgsz, task, out: Path, pt: dict) -> lis
     return rows
 
 
+def _saved_path(output: str) -> Path | None:
+    """The file or folder Ultralytics' exporter reports ("Results saved to ...")."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    found = re.findall(r"Results saved to (.+)", text)
+    return Path(found[-1].strip()) if found else None
+
+
+def int8_rows(fmt, models, data, images, imgsz, task, out: Path, fp32: list, calibration) -> list[dict]:
+    """INT8 rows of ``fmt`` for the stock and PST k=8 models (``--int8``), with the FP32 file of the same row for the
+    drop, and one latency measurement of the four files."""
+    import numpy as np
+
+    if fmt not in INT8:
+        return []
+    need = missing(fmt)
+    names = [n for n in models if n != "pst k=0"]
+    if need:
+        return [{"format": fmt, "model": n, "int8": True, "status": f"toolchain not installed ({', '.join(need)}): "
+                 f"pip install 'pst-yolo[{FORMATS[fmt][1]}]'"} for n in names]
+    by_name = {r["model"]: r for r in fp32 if r["format"] == fmt}
+    rows, files = [], {}
+    for name in names:
+        weights, k = models[name]
+        row = {"format": fmt, "model": name, "int8": True, "versions": versions(fmt), "rounds": INT8[fmt]}
+        folder = out / f"{fmt}-int8" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        w = folder / weights.name
+        shutil.copy(weights, w)
+        env = {"PST_TOPK": str(k)} if k is not None else {}
+        t = time.perf_counter()
+        calibrate = [f"data={calibration}"] if calibrates(fmt) else []  # weight-only INT8 takes no data=
+        p = yolo("export", f"model={w}", f"format={fmt}", "int8=True", *calibrate, f"imgsz={imgsz}", env=env, cwd=folder)
+        row["export_s"] = round(time.perf_counter() - t, 1)
+        path = _saved_path(p.stdout + p.stderr)
+        if p.returncode or path is None or not path.exists():
+            tail = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-3:]
+            row["status"] = "export failed: " + " | ".join(tail)[-300:]
+            rows.append(row)
+            continue
+        row.update(size_mb=round(size_mb(path), 1), fp32_size_mb=by_name.get(name, {}).get("size_mb"),
+                   ops="-" if k is None else fine_ops(path, fmt))
+        if not FORMATS[fmt][2]:
+            row["status"] = "exported (no runtime on Linux)"
+            rows.append(row)
+            continue
+        try:
+            row.update(run_worker(path, task, data, images, imgsz, None, folder / "raw.npy", True, env))
+        except RuntimeError as e:
+            row["status"] = "runs? no: " + str(e).splitlines()[-1][:300]
+            rows.append(row)
+            continue
+        fp = by_name.get(name, {})
+        if "map" in fp:
+            row["fp32_map"], row["drop"] = fp["map"], row["map"] - fp["map"]
+        ref = np.load(out / fmt / name / "raw.npy") if (out / fmt / name / "raw.npy").exists() else None
+        raw = np.load(folder / "raw.npy")
+        if ref is not None and ref.shape == raw.shape:
+            row["vs_fp32"] = float(np.abs(raw - ref).max())
+        row["status"] = "ok"
+        files[name] = (path, env)
+        rows.append(row)
+    fp_files = {n: exported_path(out / fmt / n / models[n][0].name, fmt) for n in names}
+    if len(files) == len(names) and all(f.exists() for f in fp_files.values()):
+        order = [fp_files[n] for n in names] + [files[n][0] for n in names]
+        try:
+            ms = run_latency(order, imgsz)
+        except RuntimeError as e:
+            rows[0]["latency_error"] = str(e).splitlines()[-1][:300]
+        else:
+            for i, r in enumerate(rows):
+                r["fp32_ms"], r["int8_ms"] = ms[i], ms[len(names) + i]
+    return rows
+
+
+def calibrates(fmt: str) -> bool:
+    """Whether Ultralytics' ``fmt`` export takes calibration ``data=`` (static INT8) or refuses it (weight-only)."""
+    from ultralytics.engine.exporter import export_formats
+
+    table = export_formats()
+    names = list(table["Argument"])
+    fmt = fmt if fmt in names else {"tflite": "litert"}.get(fmt, fmt)  # the name before Ultralytics 8.4's LiteRT
+    return fmt not in names or "data" in table["Arguments"][names.index(fmt)]
+
+
+def run_latency(files: list, imgsz: int) -> list:
+    cmd = [sys.executable, "-m", "pst_yolo.tools.export_matrix", "--worker", "-", "--latency",
+           ",".join(str(f) for f in files), "--imgsz", str(imgsz)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if p.returncode or line is None:
+        raise RuntimeError((p.stdout + p.stderr)[-1500:])
+    return json.loads(line[len("RESULT "):])["ms"]
+
+
+def int8_markdown(rows: list[dict]) -> str:
+    """The INT8 table and, per format, PST's drop against stock's and the latency ratios."""
+    lines = ["| format | model | rounds | size FP32 / INT8 (MB) | mAP50-95 FP32 | INT8 | drop | max diff vs FP32 file | "
+             "FP32 ms | INT8 ms | fine attention in the file | status |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        def f(key, fmt="{:.4f}"):
+            return fmt.format(r[key]) if r.get(key) is not None else ""
+
+        size = f"{f('fp32_size_mb', '{:.1f}')} / {f('size_mb', '{:.1f}')}" if "size_mb" in r else ""
+        lines.append(f"| {r['format']} | {r['model']} | {r.get('rounds', '')} | {size} | {f('fp32_map')} | {f('map')} | "
+                     f"{f('drop', '{:+.4f}')} | {f('vs_fp32', '{:.2g}')} | {f('fp32_ms', '{:.2f}')} | "
+                     f"{f('int8_ms', '{:.2f}')} | {r.get('ops', '')} | {r.get('status', '')} |")
+    summary = []
+    for fmt in dict.fromkeys(r["format"] for r in rows):
+        s, p = ({r["model"]: r for r in rows if r["format"] == fmt}.get(n, {}) for n in ("stock", "pst k=8"))
+        parts = []
+        if "drop" in s and "drop" in p:
+            parts.append(f"PST drop - stock drop {p['drop'] - s['drop']:+.4f} (target <= +0.005)")
+        if all(r.get(key) for r in (s, p) for key in ("fp32_ms", "int8_ms")):
+            r32, r8 = p["fp32_ms"] / s["fp32_ms"], p["int8_ms"] / s["int8_ms"]
+            parts.append(f"latency PST / stock FP32 {r32:.2f}, INT8 {r8:.2f}, INT8 / FP32 ratio {r8 / r32:.2f} "
+                         "(target <= 1.05)")
+        if parts:
+            summary.append(f"- {fmt}: " + "; ".join(parts))
+    return "\n".join(lines + [""] + summary) + "\n"
+
+
 def pytorch_reference(models, task, data, images, imgsz, out: Path) -> dict:
     import numpy as np
 
@@ -246,15 +408,19 @@ def parser():
     ap.add_argument("--stock", default="runs/pst-demo/runs/yolo11n-s0/weights/last.pt")
     ap.add_argument("--pst", default="runs/pst-demo/runs/yolo11n-pst-s0/weights/last.pt")
     ap.add_argument("--data", default="runs/pst-demo/data/data.yaml")
+    ap.add_argument("--val-data", default=None, help="validate on this data set (default: --data, which also "
+                    "calibrates INT8 exports)")
     ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     ap.add_argument("--out", default="runs/export-matrix")
     ap.add_argument("--append", action="store_true", help="merge into an existing <out>/matrix.json")
+    ap.add_argument("--int8", action="store_true", help="add INT8 rows for the formats with an INT8 export")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     for hidden in ("--task", "--images", "--raw", "--tmp"):
         ap.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--val", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--latency", default=None, help=argparse.SUPPRESS)
     return ap
 
 
@@ -267,8 +433,9 @@ def main(argv=None):
     seed_fonts()
     from ultralytics import YOLO
 
-    stock, pst, data = (Path(p).resolve() for p in (args.stock, args.pst, args.data))
-    for p, what in ((stock, "--stock"), (pst, "--pst"), (data, "--data")):
+    stock, pst, calibration = (Path(p).resolve() for p in (args.stock, args.pst, args.data))
+    data = Path(args.val_data or args.data).resolve()
+    for p, what in ((stock, "--stock"), (pst, "--pst"), (calibration, "--data"), (data, "--val-data")):
         if not p.exists():
             raise SystemExit(f"export_matrix: {what} {p} does not exist (run pst-yolo demo first, or pass {what})")
     task = YOLO(str(pst)).task
@@ -277,10 +444,13 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     models = {"stock": (stock, None), "pst k=8": (pst, 8), "pst k=0": (pst, 0)}
     pt = pytorch_reference(models, task, data, images, args.imgsz, out)
-    rows = []
+    rows, rows8 = [], []
     for fmt in args.formats:
         print(f"export_matrix: {fmt} ...", flush=True)
         rows += rows_for(fmt, models, data, images, args.imgsz, task, out, pt)
+        if args.int8:
+            print(f"export_matrix: {fmt} INT8 ...", flush=True)
+            rows8 += int8_rows(fmt, models, data, images, args.imgsz, task, out, rows, calibration)
     store = out / "matrix.json"
     if args.append and store.is_file():
         old = json.loads(store.read_text())
@@ -295,8 +465,12 @@ def main(argv=None):
 
     header = (f"Export matrix: {task}, imgsz {args.imgsz}, {stock.name} vs {pst.name} (k=8 / k=0), data {data}; "
               f"ultralytics {ultralytics.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
-    store.write_text(json.dumps({"header": header, "pytorch": pt_json, "rows": rows}, indent=1))
+    if args.append and store.is_file() and not args.int8:
+        rows8 = json.loads(store.read_text()).get("int8_rows", [])
+    store.write_text(json.dumps({"header": header, "pytorch": pt_json, "rows": rows, "int8_rows": rows8}, indent=1))
     text = markdown(rows, pt_json, header)
+    if rows8:
+        text += "\nINT8 (`--int8`; calibrated on " + str(calibration) + "):\n\n" + int8_markdown(rows8)
     (out / "matrix.md").write_text(text)
     print(text)
 
