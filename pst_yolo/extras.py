@@ -22,7 +22,9 @@ EXTRAS = {
     "mnn": (("mnn", "MNN"), ("onnx", "onnx"), ("onnxslim", "onnxslim")),
     "coreml": (("coremltools", "coremltools"), ("numpy", "numpy"), ("cattrs", "cattrs")),
     "executorch": (("executorch", "executorch"),),
-    "litert": (("litert-torch", "litert_torch"), ("ai-edge-litert", "ai_edge_litert")),
+    "litert": (
+        ("litert-torch", "litert_torch"), ("ai-edge-litert", "ai_edge_litert"), ("ai-edge-quantizer", "ai_edge_quantizer"),
+    ),
     "tensorflow": (
         ("tensorflow", "tensorflow"), ("tf-keras", "tf_keras"), ("onnx2tf", "onnx2tf"), ("sng4onnx", "sng4onnx"),
         ("onnx-graphsurgeon", "onnx_graphsurgeon"), ("ai-edge-litert", "ai_edge_litert"), ("onnx", "onnx"),

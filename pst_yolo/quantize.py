@@ -15,6 +15,10 @@ attention of a YOLO11 included, are quantized exactly as in a stock export.
 - ONNX (onnxruntime static quantization, ``yolo export format=onnx int8=True``): Ultralytics quantizes every Conv,
   Gemm and MatMul; the MatMuls of a PSA (``/<path as a/b/c>/MatMul_3``: logits, probabilities times values, the score
   sums) join the nodes it excludes, its convolutions (``/<path>/q/conv/Conv``) do not.
+- LiteRT (ai-edge-quantizer after litert-torch, ``yolo export format=litert int8=True``): its recipe gets a
+  no-quantize rule for every op whose scope (its output tensors' names,
+  ``...pst_yolo.modules.PyramidSparseAttention_attn;3``) ends in a PSA, after the recipe Ultralytics loads; a child
+  conv's scope (``..._attn/...Conv_q/...``) does not match.
 - Weight-only INT8 (MNN's ``--weightQuantBits 8``, CoreML's 8-bit palettization) rounds weights, not activations: the
   attention's tensors stay float there without help.
 
@@ -29,7 +33,10 @@ import re
 
 from pst_yolo.log import log_once
 
-FORMATS = ("openvino", "onnx")  # the quantizers that round activations and need to be told
+FORMATS = ("openvino", "onnx", "litert", "tflite")  # the quantizers that round activations and need to be told
+# ai-edge-quantizer scope of an op traced directly in a PSA's forward: litert-torch names tensors by module class and
+# attribute (".../pst_yolo.modules.PyramidSparseAttention_attn;3"); a child conv continues with "/".
+LITERT_FLOAT_SCOPE = r"pst_yolo\.modules\.PyramidSparseAttention_[^/;]+;"
 
 
 def psa_paths(model) -> list[str]:
@@ -56,7 +63,8 @@ def onnx_attention_nodes(graph, paths) -> list[str]:
 def float_attention(fmt: str | None, paths):
     """While exporting to ``fmt``, keep the attention ops of the PSA layers at ``paths`` in floating point in the
     toolchain's INT8 quantizer."""
-    patch = {"openvino": _nncf_patch, "onnx": _onnxruntime_patch}.get(fmt)
+    patch = {"openvino": _nncf_patch, "onnx": _onnxruntime_patch, "litert": _litert_patch,
+             "tflite": _litert_patch}.get(fmt)
     if patch is None or not paths:
         yield
         return
@@ -114,6 +122,31 @@ def _onnxruntime_patch(paths):
         yield
     finally:
         ortq.quantize_static = original
+
+
+@contextlib.contextmanager
+def _litert_patch(paths):
+    try:
+        from ai_edge_quantizer import qtyping, quantizer, recipe
+    except ImportError:  # Ultralytics installs it itself for an INT8 LiteRT export, after this callback
+        quantizer = None
+    if quantizer is None:
+        yield
+        return
+    original = quantizer.Quantizer.load_quantization_recipe
+
+    def load_quantization_recipe(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        self.update_quantization_recipe(regex=LITERT_FLOAT_SCOPE, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                        algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
+        _said("LiteRT", "ai-edge-quantizer")
+        return out
+
+    quantizer.Quantizer.load_quantization_recipe = load_quantization_recipe
+    try:
+        yield
+    finally:
+        quantizer.Quantizer.load_quantization_recipe = original
 
 
 def _said(fmt: str, tool: str) -> None:

@@ -7,7 +7,7 @@ the format on a CPU, and a parity check of the raw outputs against PyTorch on th
     pst-yolo export-matrix                              # every format whose toolchain is installed
     pst-yolo export-matrix --formats ncnn coreml --out runs/matrix-ncnn
     pst-yolo export-matrix --stock s.pt --pst p.pt --data my.yaml --imgsz 640
-    pst-yolo export-matrix --int8 --formats onnx openvino mnn coreml --val-data held_out.yaml   # + the INT8 table
+    pst-yolo export-matrix --int8 --formats onnx openvino mnn --val-data held_out.yaml  # + the INT8 table
 
 Rows: stock, PST k=8 (the checkpoint's default fine attention) and PST k=0 (``PST_TOPK=0``), per format. Columns:
 the exported size, mAP50-95 / mAP50 (the PyTorch figure of the same row in the header row), the largest raw-output
@@ -17,10 +17,10 @@ difference to PyTorch with the same k over the parity images ("vs pt"), for PST 
 Formats whose toolchain is missing are listed with the extra that installs it.
 
 ``--int8`` adds a second table for the formats with an INT8 export (``INT8``): stock and PST k=8 exported with
-``int8=True data=...`` (``--data``'s validation images calibrate, Ultralytics' default split; ``--val-data`` validates
-every row on other images), validated on the same images as the FP32 rows, the
-drop (INT8 - FP32 mAP50-95), file sizes, and the latency of the four files of a format (stock and PST, FP32 and INT8)
-timed interleaved in one process, with the PST / stock ratio at each precision and their quotient. Writes <out>/matrix.md and
+``int8=True data=...`` (``--data``'s validation images calibrate, Ultralytics' default split; ``--val-data``
+validates every row on other images), validated on the same images as the FP32 rows, the drop (INT8 - FP32
+mAP50-95), file sizes, and the latency of the four files of a format (stock and PST, FP32 and INT8) timed interleaved
+in one process, with the PST / stock ratio at each precision and their quotient. Writes <out>/matrix.md and
 <out>/matrix.json; ``--append`` merges rows into an existing matrix.json (toolchains that need their own environment:
 TensorFlow, PaddlePaddle; see docs/deployment.md).
 """
@@ -280,7 +280,8 @@ def int8_rows(fmt, models, data, images, imgsz, task, out: Path, fp32: list, cal
         env = {"PST_TOPK": str(k)} if k is not None else {}
         t = time.perf_counter()
         calibrate = [f"data={calibration}"] if calibrates(fmt) else []  # weight-only INT8 takes no data=
-        p = yolo("export", f"model={w}", f"format={fmt}", "int8=True", *calibrate, f"imgsz={imgsz}", env=env, cwd=folder)
+        p = yolo("export", f"model={w}", f"format={fmt}", "int8=True", *calibrate, f"imgsz={imgsz}", env=env,
+                 cwd=folder)
         row["export_s"] = round(time.perf_counter() - t, 1)
         path = _saved_path(p.stdout + p.stderr)
         if p.returncode or path is None or not path.exists():
@@ -345,23 +346,24 @@ def run_latency(files: list, imgsz: int) -> list:
 
 def int8_markdown(rows: list[dict]) -> str:
     """The INT8 table and, per format, PST's drop against stock's and the latency ratios."""
-    lines = ["| format | model | rounds | size FP32 / INT8 (MB) | mAP50-95 FP32 | INT8 | drop | max diff vs FP32 file | "
-             "FP32 ms | INT8 ms | fine attention in the file | status |",
+    lines = ["| format | model | rounds | size FP32 / INT8 (MB) | mAP50-95 FP32 | INT8 | INT8 - FP32 | "
+             "max diff vs FP32 file | FP32 ms | INT8 ms | fine attention in the file | status |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         def f(key, fmt="{:.4f}"):
             return fmt.format(r[key]) if r.get(key) is not None else ""
 
         size = f"{f('fp32_size_mb', '{:.1f}')} / {f('size_mb', '{:.1f}')}" if "size_mb" in r else ""
-        lines.append(f"| {r['format']} | {r['model']} | {r.get('rounds', '')} | {size} | {f('fp32_map')} | {f('map')} | "
-                     f"{f('drop', '{:+.4f}')} | {f('vs_fp32', '{:.2g}')} | {f('fp32_ms', '{:.2f}')} | "
+        lines.append(f"| {r['format']} | {r['model']} | {r.get('rounds', '')} | {size} | {f('fp32_map')} | "
+                     f"{f('map')} | {f('drop', '{:+.4f}')} | {f('vs_fp32', '{:.2g}')} | {f('fp32_ms', '{:.2f}')} | "
                      f"{f('int8_ms', '{:.2f}')} | {r.get('ops', '')} | {r.get('status', '')} |")
     summary = []
     for fmt in dict.fromkeys(r["format"] for r in rows):
         s, p = ({r["model"]: r for r in rows if r["format"] == fmt}.get(n, {}) for n in ("stock", "pst k=8"))
         parts = []
-        if "drop" in s and "drop" in p:
-            parts.append(f"PST drop - stock drop {p['drop'] - s['drop']:+.4f} (target <= +0.005)")
+        if "drop" in s and "drop" in p:  # a loss is FP32 - INT8: positive where INT8 is worse
+            parts.append(f"INT8 loss PST {-p['drop']:+.4f}, stock {-s['drop']:+.4f}, PST - stock "
+                         f"{s['drop'] - p['drop']:+.4f} (target <= +0.005)")
         if all(r.get(key) for r in (s, p) for key in ("fp32_ms", "int8_ms")):
             r32, r8 = p["fp32_ms"] / s["fp32_ms"], p["int8_ms"] / s["int8_ms"]
             parts.append(f"latency PST / stock FP32 {r32:.2f}, INT8 {r8:.2f}, INT8 / FP32 ratio {r8 / r32:.2f} "
