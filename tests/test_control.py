@@ -50,12 +50,12 @@ def _trainer_model(model, data, seed, tmp, **extra):
 
 @pytest.mark.parametrize("pst", ["yolo11n-pst-res.yaml", "yolo11n-pst.yaml"])
 def test_control_starts_from_the_pst_models_initialisation(data, tmp_path, pst):
+    # (that the same seed gives the same weights is implied by the stronger subprocess test below: the saved weights
+    # are the ones a separate `yolo train` process starts from)
     init = initial_weights(pst, data, 3, SETTINGS, tmp_path / "init.pt")
     pst_model = torch.load(init, weights_only=False)["model"]
-    again = initial_weights(pst, data, 3, SETTINGS, tmp_path / "again.pt")
     other = initial_weights(pst, data, 4, SETTINGS, tmp_path / "other.pt")
     ref = pst_model.state_dict()
-    assert all(torch.equal(v, torch.load(again, weights_only=False)["model"].state_dict()[k]) for k, v in ref.items())
     assert not torch.equal(ref["model.0.conv.weight"], torch.load(other, weights_only=False)["model"].state_dict()[
         "model.0.conv.weight"]), "another seed must give another initialisation"
 
