@@ -236,3 +236,28 @@ def test_coreml_program_carries_fine_attention(trained):
     assert ops0["reduce_max"] == 0
     assert not [op for op in ops8 if "gather" in op or "topk" in op or "argsort" in op], sorted(ops8)
     assert ops8["matmul"] > ops0["matmul"]  # the one-hot placements and the fine attention itself
+
+
+def test_export_matrix_int8_rows(trained, tmp_path):
+    """`pst-yolo export-matrix --int8` (ONNX): INT8 rows for stock and PST k=8, exported by the stock `yolo export
+    int8=True`, validated, with the loss against the FP32 file of the same row, the four files' latency, and a verdict
+    per target in the summary."""
+    import json
+    import sys
+
+    ckpt, _, data, _ = trained
+    out = tmp_path / "matrix"
+    p = subprocess.run([sys.executable, "-m", "pst_yolo.tools.export_matrix", "--stock", str(ckpt), "--pst", str(ckpt),
+                        "--data", str(data), "--imgsz", str(IMGSZ), "--formats", "onnx", "--int8", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    rows = {r["model"]: r for r in json.loads((out / "matrix.json").read_text())["int8_rows"]}
+    assert sorted(rows) == ["pst k=8", "stock"]
+    for r in rows.values():
+        assert r["status"] == "ok", r
+        assert r["size_mb"] < 0.5 * r["fp32_size_mb"]  # int8 weights
+        assert abs(r["drop"] - (r["map"] - r["fp32_map"])) < 1e-9 and r["fp32_ms"] > 0 and r["int8_ms"] > 0
+    assert rows["pst k=8"]["ops"].startswith("graph: TopK")
+    text = (out / "matrix.md").read_text()
+    assert "| onnx | pst k=8 | int8 weights and activations" in text
+    assert "- onnx: INT8 loss PST" in text and ("(target <= 1.05: met)" in text or "(target <= 1.05: MISSED)" in text)
