@@ -33,7 +33,6 @@ import re
 
 from pst_yolo.log import log_once
 
-FORMATS = ("openvino", "onnx", "litert", "tflite")  # the quantizers that round activations and need to be told
 # ai-edge-quantizer scope of an op traced directly in a PSA's forward: litert-torch names tensors by module class and
 # attribute (".../pst_yolo.modules.PyramidSparseAttention_attn;3"); a child conv continues with "/".
 LITERT_FLOAT_SCOPE = r"pst_yolo\.modules\.PyramidSparseAttention_[^/;]+;"
@@ -63,8 +62,7 @@ def onnx_attention_nodes(graph, paths) -> list[str]:
 def float_attention(fmt: str | None, paths):
     """While exporting to ``fmt``, keep the attention ops of the PSA layers at ``paths`` in floating point in the
     toolchain's INT8 quantizer."""
-    patch = {"openvino": _nncf_patch, "onnx": _onnxruntime_patch, "litert": _litert_patch,
-             "tflite": _litert_patch}.get(fmt)
+    patch = _PATCHES.get(fmt)  # the quantizers that round activations; weight-only ones need nothing
     if patch is None or not paths:
         yield
         return
@@ -128,9 +126,10 @@ def _onnxruntime_patch(paths):
 def _litert_patch(paths):
     try:
         from ai_edge_quantizer import qtyping, quantizer, recipe
-    except ImportError:  # Ultralytics installs it itself for an INT8 LiteRT export, after this callback
-        quantizer = None
-    if quantizer is None:
+    except ImportError:  # Ultralytics would pip-install it during the export, after this callback: nothing to patch
+        log_once("int8-litert-missing", "WARNING pst-yolo: INT8 LiteRT export without ai-edge-quantizer installed "
+                 "(pip install 'pst-yolo[litert]'): if Ultralytics installs it now, PST attention is quantized too",
+                 level=30)
         yield
         return
     original = quantizer.Quantizer.load_quantization_recipe
@@ -147,6 +146,9 @@ def _litert_patch(paths):
         yield
     finally:
         quantizer.Quantizer.load_quantization_recipe = original
+
+
+_PATCHES = {"openvino": _nncf_patch, "onnx": _onnxruntime_patch, "litert": _litert_patch, "tflite": _litert_patch}
 
 
 def _said(fmt: str, tool: str) -> None:
