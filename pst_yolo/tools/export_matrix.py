@@ -188,11 +188,21 @@ def latency(models: list, imgsz: int, runs: int = LATENCY_RUNS) -> dict:
 
 
 def run_worker(model, task, data, images, imgsz, k, raw: Path, val: bool, env=None) -> dict:
-    cmd = [sys.executable, "-m", "pst_yolo.tools.export_matrix", "--worker", str(model), "--task", task, "--data", str(data), "--images",
-           str(images), "--imgsz", str(imgsz), "--raw", str(raw), "--tmp", str(raw.parent / "val")]
+    cmd = ["--worker", str(model), "--task", task, "--data", str(data), "--images", str(images), "--imgsz", str(imgsz),
+           "--raw", str(raw), "--tmp", str(raw.parent / "val")]
     cmd += ["--k", str(k)] if k is not None else []
     cmd += ["--val"] if val else []
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env={**os.environ, **(env or {})})
+    return _worker_result(cmd, env)
+
+
+def run_latency(files: list, imgsz: int) -> list:
+    return _worker_result(["--worker", "-", "--latency", ",".join(str(f) for f in files), "--imgsz", str(imgsz)])["ms"]
+
+
+def _worker_result(args: list, env=None) -> dict:
+    """Run this module's worker in its own process (one runtime per process); its RESULT line as a dict."""
+    p = subprocess.run([sys.executable, "-m", "pst_yolo.tools.export_matrix", *args], capture_output=True, text=True,
+                       timeout=3600, env={**os.environ, **(env or {})})
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if p.returncode or line is None:
         raise RuntimeError((p.stdout + p.stderr)[-1500:])
@@ -210,43 +220,51 @@ def rows_for(fmt, models, data, images, imgsz, task, out: Path, pt: dict) -> lis
                  f"pip install 'pst-yolo[{extra}]'"} for name in models]
     rows = []
     for name, (weights, k) in models.items():
-        row = {"format": fmt, "model": name, "versions": versions(fmt)}
-        folder = out / fmt / name
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        w = folder / weights.name
-        shutil.copy(weights, w)
-        env = {"PST_TOPK": str(k)} if k is not None else {}
-        t = time.perf_counter()
-        p = yolo("export", f"model={w}", f"format={fmt}", f"imgsz={imgsz}", env=env, cwd=folder)
-        row["export_s"] = round(time.perf_counter() - t, 1)
-        path = exported_path(w, fmt)
-        if p.returncode or not path.exists():
-            tail = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-3:]
-            row["status"] = "export failed: " + " | ".join(tail)[-300:]
-            rows.append(row)
+        row, path = export_row(fmt, name, weights, k, out / fmt / name, task, data, images, imgsz)
+        rows.append(row)
+        if path is None:
             continue
-        ops = "-" if k is None else "none (k=0)" if k == 0 else fine_ops(path, fmt)
-        row.update(size_mb=round(size_mb(path), 1), ops=ops)
-        if not FORMATS[fmt][2]:
-            row["status"] = "exported (no runtime on Linux)"
-            rows.append(row)
-            continue
-        try:
-            row.update(run_worker(path, task, data, images, imgsz, None, folder / "raw.npy", True, env))
-        except RuntimeError as e:
-            row["status"] = "runs? no: " + str(e).splitlines()[-1][:300]
-            rows.append(row)
-            continue
-        raw = np.load(folder / "raw.npy")
+        raw = np.load(out / fmt / name / "raw.npy")
         ref = pt[name]["raw"]
         if raw.shape == ref.shape:
             row["vs_pt"] = float(np.abs(raw - ref).max())
             if name == "pst k=8":
                 row["vs_k0"] = float(np.abs(raw - pt["pst k=0"]["raw"]).max())
-        row["status"] = "ok"
-        rows.append(row)
     return rows
+
+
+def export_row(fmt, name, weights: Path, k, folder: Path, task, data, images, imgsz, int8_args=None):
+    """``yolo export`` of a copy of ``weights`` (``PST_TOPK=k``) to ``fmt`` in a fresh ``folder`` (``int8_args``: with
+    ``int8=True`` and these), validated where Ultralytics runs the format on a CPU, raw outputs in folder/raw.npy.
+    Returns the row and the exported file (None where it was not validated: the row's status says why)."""
+    row = {"format": fmt, "model": name, "versions": versions(fmt)}
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    w = folder / weights.name
+    shutil.copy(weights, w)
+    env = {"PST_TOPK": str(k)} if k is not None else {}
+    quantize = [] if int8_args is None else ["int8=True", *int8_args]
+    t = time.perf_counter()
+    p = yolo("export", f"model={w}", f"format={fmt}", *quantize, f"imgsz={imgsz}", env=env, cwd=folder)
+    row["export_s"] = round(time.perf_counter() - t, 1)
+    # an INT8 file's name differs per toolchain (_int8.onnx, _int8_openvino_model, .mnn): the exporter says where
+    path = exported_path(w, fmt) if int8_args is None else _saved_path(p.stdout + p.stderr)
+    if p.returncode or path is None or not path.exists():
+        tail = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-3:]
+        row["status"] = "export failed: " + " | ".join(tail)[-300:]
+        return row, None
+    ops = "-" if k is None else "none (k=0)" if k == 0 else fine_ops(path, fmt)
+    row.update(size_mb=round(size_mb(path), 1), ops=ops)
+    if not FORMATS[fmt][2]:
+        row["status"] = "exported (no runtime on Linux)"
+        return row, None
+    try:
+        row.update(run_worker(path, task, data, images, imgsz, None, folder / "raw.npy", True, env))
+    except RuntimeError as e:
+        row["status"] = "runs? no: " + str(e).splitlines()[-1][:300]
+        return row, None
+    row["status"] = "ok"
+    return row, path
 
 
 def _saved_path(output: str) -> Path | None:
@@ -274,49 +292,23 @@ def int8_rows(fmt, models, data, images, imgsz, task, out: Path, fp32: list, cal
     rows, files = [], {}
     for name in names:
         weights, k = models[name]
-        row = {"format": fmt, "model": name, "int8": True, "versions": versions(fmt), "rounds": INT8[fmt]}
-        folder = out / f"{fmt}-int8" / name
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        w = folder / weights.name
-        shutil.copy(weights, w)
-        env = {"PST_TOPK": str(k)} if k is not None else {}
-        t = time.perf_counter()
         calibrate = [f"data={calibration}"] if calibrates(fmt) else []  # weight-only INT8 takes no data=
-        p = yolo("export", f"model={w}", f"format={fmt}", "int8=True", *calibrate, f"imgsz={imgsz}", env=env,
-                 cwd=folder)
-        row["export_s"] = round(time.perf_counter() - t, 1)
-        path = _saved_path(p.stdout + p.stderr)
-        if p.returncode or path is None or not path.exists():
-            tail = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-3:]
-            row["status"] = "export failed: " + " | ".join(tail)[-300:]
-            rows.append(row)
-            continue
-        row.update(size_mb=round(size_mb(path), 1), fp32_size_mb=by_name.get(name, {}).get("size_mb"),
-                   ops="-" if k is None else fine_ops(path, fmt))
-        if not FORMATS[fmt][2]:
-            row["status"] = "exported (no runtime on Linux)"
-            rows.append(row)
-            continue
-        try:
-            row.update(run_worker(path, task, data, images, imgsz, None, folder / "raw.npy", True, env))
-        except RuntimeError as e:
-            row["status"] = "runs? no: " + str(e).splitlines()[-1][:300]
-            rows.append(row)
-            continue
+        row, path = export_row(fmt, name, weights, k, out / f"{fmt}-int8" / name, task, data, images, imgsz, calibrate)
         fp = by_name.get(name, {})
+        row.update(int8=True, rounds=INT8[fmt], fp32_size_mb=fp.get("size_mb"))
+        rows.append(row)
+        if path is None:
+            continue
         if "map" in fp:
             row["fp32_map"], row["drop"] = fp["map"], row["map"] - fp["map"]
-        ref = np.load(out / fmt / name / "raw.npy") if (out / fmt / name / "raw.npy").exists() else None
-        raw = np.load(folder / "raw.npy")
+        ref = out / fmt / name / "raw.npy"  # the FP32 file's outputs on the same images
+        raw, ref = np.load(out / f"{fmt}-int8" / name / "raw.npy"), np.load(ref) if ref.exists() else None
         if ref is not None and ref.shape == raw.shape:
             row["vs_fp32"] = float(np.abs(raw - ref).max())
-        row["status"] = "ok"
-        files[name] = (path, env)
-        rows.append(row)
+        files[name] = path
     fp_files = {n: exported_path(out / fmt / n / models[n][0].name, fmt) for n in names}
     if len(files) == len(names) and all(f.exists() for f in fp_files.values()):
-        order = [fp_files[n] for n in names] + [files[n][0] for n in names]
+        order = [fp_files[n] for n in names] + [files[n] for n in names]
         try:
             ms = run_latency(order, imgsz)
         except RuntimeError as e:
@@ -335,16 +327,6 @@ def calibrates(fmt: str) -> bool:
     names = list(table["Argument"])
     fmt = fmt if fmt in names else {"tflite": "litert"}.get(fmt, fmt)  # the name before Ultralytics 8.4's LiteRT
     return fmt not in names or "data" in table["Arguments"][names.index(fmt)]
-
-
-def run_latency(files: list, imgsz: int) -> list:
-    cmd = [sys.executable, "-m", "pst_yolo.tools.export_matrix", "--worker", "-", "--latency",
-           ",".join(str(f) for f in files), "--imgsz", str(imgsz)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if p.returncode or line is None:
-        raise RuntimeError((p.stdout + p.stderr)[-1500:])
-    return json.loads(line[len("RESULT "):])["ms"]
 
 
 def int8_markdown(rows: list[dict]) -> str:
