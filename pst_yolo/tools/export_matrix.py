@@ -244,6 +244,8 @@ def export_row(fmt, name, weights: Path, k, folder: Path, task, data, images, im
     shutil.copy(weights, w)
     env = {"PST_TOPK": str(k)} if k is not None else {}
     quantize = [] if int8_args is None else ["int8=True", *int8_args]
+    what = f"export_matrix: {fmt}{' INT8' if quantize else ''} {name}"
+    print(f"{what}: exporting ...", flush=True)  # a line per step: an export or a validation can take minutes
     t = time.perf_counter()
     p = yolo("export", f"model={w}", f"format={fmt}", *quantize, f"imgsz={imgsz}", env=env, cwd=folder)
     row["export_s"] = round(time.perf_counter() - t, 1)
@@ -258,6 +260,7 @@ def export_row(fmt, name, weights: Path, k, folder: Path, task, data, images, im
     if not FORMATS[fmt][2]:
         row["status"] = "exported (no runtime on Linux)"
         return row, None
+    print(f"{what}: exported in {row['export_s']} s, validating ...", flush=True)
     try:
         row.update(run_worker(path, task, data, images, imgsz, None, folder / "raw.npy", True, env))
     except RuntimeError as e:
