@@ -93,7 +93,8 @@ def topk(args):
     x = np.random.randn(*shape).astype(np.float32) * 3
     graphs = {
         "TopK(16)": ([helper.make_node("TopK", ["x", "k"], ["y", "i"], axis=-1)],
-                     [helper.make_tensor("k", TensorProto.INT64, [1], [16])], {"y": TensorProto.FLOAT, "i": TensorProto.INT64}),
+                     [helper.make_tensor("k", TensorProto.INT64, [1], [16])],
+                     {"y": TensorProto.FLOAT, "i": TensorProto.INT64}),
         "Softmax": ([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], [], {"y": TensorProto.FLOAT}),
     }
     for name, (nodes, inits, outs) in graphs.items():
