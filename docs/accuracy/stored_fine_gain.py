@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import sys
 
 import torch
 
@@ -21,6 +22,8 @@ def validate(ckpt: str, data: str, imgsz: int, topk: int | None) -> float:
 
     from pst_yolo.runtime import set_topk
 
+    print(f"validating {ckpt} at {'the stored setting' if topk is None else f'k={topk}'} ...", file=sys.stderr,
+          flush=True)
     model = YOLO(ckpt)
     if topk is not None:
         set_topk(model, topk)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,10 @@ def exports(workdir: Path, budget: int) -> dict:
         for label, yaml, k, fusion in [("k0", "yolo11n-pst.yaml", 0, None), ("k8", "yolo11n-pst.yaml", 8, None),
                                        ("add", "yolo11n-pst.yaml", 8, "add"), ("stock", "yolo11n.yaml", None, None)]:
             path = workdir / f"{budget}_{label}.onnx"
-            files[label] = str(path) if path.exists() else bench.export_onnx(yaml, k, SIZE, path, fusion)
+            if not path.exists():
+                print(f"exporting {label} at {budget} logits per chunk ...", file=sys.stderr, flush=True)
+                bench.export_onnx(yaml, k, SIZE, path, fusion)
+            files[label] = str(path)
         return files
     finally:
         scoring.EXPORT_BUDGET = old
@@ -55,11 +59,11 @@ def runners(files: dict, runtime: str) -> dict:
 def latency(args):
     from pst_yolo.tools import bench
 
-    files = {f"{b} {label}": p for b in args.budgets for label, p in exports(args.workdir, b).items()}
     for runtime in ("onnxruntime", "openvino"):
-        t = bench.interleaved(runners(files, runtime), 40, 3)
-        for b in args.budgets:
-            k0, k8, add, stock = (t[f"{b} {label}"] for label in ("k0", "k8", "add", "stock"))
+        for b in args.budgets:  # one budget's files interleaved: about 30 s each, a line each
+            print(f"timing {runtime}, {b} logits per chunk ...", file=sys.stderr, flush=True)
+            t = bench.interleaved(runners(exports(args.workdir, b), runtime), 40, 3)
+            k0, k8, add, stock = (t[label] for label in ("k0", "k8", "add", "stock"))
             print(f"{runtime} budget {b}: k0 {k0 * 1e3:.1f} ms, joint k8/k0 {k8 / k0:.3f}, add k8/k0 {add / k0:.3f}, "
                   f"joint k8/stock {k8 / stock:.3f}")
 

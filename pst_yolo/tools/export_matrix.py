@@ -166,25 +166,17 @@ def worker(args) -> None:
 
 
 def latency(models: list, imgsz: int, runs: int = LATENCY_RUNS) -> dict:
-    """Median milliseconds per image of each exported file, one image at a time, timed interleaved (run i of every model
-    before run i + 1 of any) so that load on the machine falls on all of them alike."""
-    import statistics
-
+    """Median milliseconds per image of each exported file, one image at a time, timed interleaved (``pst-yolo bench``'s
+    rounds) so that load on the machine falls on all of them alike."""
     import torch
     from ultralytics.nn.autobackend import AutoBackend
 
+    from pst_yolo.tools.bench import interleaved
+
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     backends = [AutoBackend(m, device=torch.device("cpu"), fuse=True) for m in models]
-    for b in backends:
-        for _ in range(3):
-            b(x)
-    times = [[] for _ in backends]
-    for _ in range(runs):
-        for b, t in zip(backends, times):
-            start = time.perf_counter()
-            b(x)
-            t.append(time.perf_counter() - start)
-    return {"ms": [round(1000 * statistics.median(t), 3) for t in times]}
+    t = interleaved({i: (lambda b=b: b(x)) for i, b in enumerate(backends)}, runs, 3)
+    return {"ms": [round(1000 * t[i], 3) for i in range(len(backends))]}
 
 
 def run_worker(model, task, data, images, imgsz, k, raw: Path, val: bool, env=None) -> dict:
@@ -443,8 +435,8 @@ def main(argv=None):
             print(f"export_matrix: {fmt} INT8 ...", flush=True)
             rows8 += int8_rows(fmt, models, data, images, args.imgsz, task, out, rows, calibration)
     store = out / "matrix.json"
-    if args.append and store.is_file():
-        old = json.loads(store.read_text())
+    old = json.loads(store.read_text()) if args.append and store.is_file() else None
+    if old is not None:
         done = {(r["format"], r["model"]) for r in rows if not r.get("status", "").startswith("toolchain not")}
         rows = [r for r in old["rows"] if (r["format"], r["model"]) not in done] + \
                [r for r in rows if (r["format"], r["model"]) in done or
@@ -456,8 +448,8 @@ def main(argv=None):
 
     header = (f"Export matrix: {task}, imgsz {args.imgsz}, {stock.name} vs {pst.name} (k=8 / k=0), data {data}; "
               f"ultralytics {ultralytics.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
-    if args.append and store.is_file() and not args.int8:
-        rows8 = json.loads(store.read_text()).get("int8_rows", [])
+    if old is not None:  # INT8 rows of the formats this run did not quantize stay
+        rows8 = [r for r in old.get("int8_rows", []) if not args.int8 or r["format"] not in args.formats] + rows8
     store.write_text(json.dumps({"header": header, "pytorch": pt_json, "rows": rows, "int8_rows": rows8}, indent=1))
     text = markdown(rows, pt_json, header)
     if rows8:
