@@ -1,4 +1,5 @@
-"""What the stored fine setting buys on unseen images: each checkpoint validated as stored and at k=0, on a held-out set.
+"""What the stored fine setting buys on unseen images: each checkpoint validated as stored and at k=0 on a held-out
+set.
 
     python docs/accuracy/stored_fine_gain.py CKPT=DATA.yaml [CKPT=DATA.yaml ...] [--imgsz 128]
 
