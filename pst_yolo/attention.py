@@ -16,8 +16,9 @@ Kernels:
 - ``flash``: ``flash_attn.flash_attn_func`` (extra ``pst-yolo[flash]``): CUDA, fp16/bf16, head dim % 8 == 0 and <= 256,
   no mask; has a backward. Layout (B, N, heads, d), so the adapter transposes.
 - ``sage``: ``sageattention.sageattn`` (extra ``pst-yolo[sage]``): CUDA, fp16/bf16, head dim <= 128 (zero-padded to
-  64, 96 or 128, the library's kernels), no mask, inference only; gets copies (its smooth_k works in place). It
-  quantises QK^T to int8, so ``auto`` never picks it; ask for it by name.
+  64, 96 or 128, the library's kernels), a key count that is a multiple of 64 (``SAGE_KEY_BLOCK``), no mask, inference
+  only; gets copies (its smooth_k works in place). It quantises QK^T to int8, so ``auto`` never picks it; ask for it
+  by name. ``pst_yolo.kernel_check`` executes both libraries' kernels (Triton's interpreter on a CPU).
 
 A call the requested kernel cannot serve falls back to SDPA with a one-time warning naming the reason. While tracing
 for export only ``reference`` and ``sdpa`` are used (plain ONNX-exportable ops); ``auto`` exports ``reference``.
@@ -95,16 +96,29 @@ def _library_kernel(module: str, attr: str, mask):
 
 def flash_attention(q, k, v, mask=None, scale=None):
     """FlashAttention-2 ``flash_attn_func``; takes/returns (B, heads, N, d) like the other kernels."""
+    return flash_attention_lse(q, k, v, mask, scale, lse=False)
+
+
+def flash_attention_lse(q, k, v, mask=None, scale=None, lse=True):
+    """FlashAttention-2 ``flash_attn_func`` with (``lse=True``) each query's log-sum-exp of the scaled logits: returns
+    ``(out, lse)``, out (B, heads, N, d), lse (B, heads, N) float32 (the library's ``softmax_lse``, natural log)."""
     fn = _library_kernel("flash_attn", "flash_attn_func", mask)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     # flash_attn wants (B, N, heads, d) with a contiguous last dim.
     q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    out = fn(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=False)
-    return out.transpose(1, 2)
+    if not lse:
+        return fn(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=False).transpose(1, 2)
+    out, logsumexp, _ = fn(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=False, return_attn_probs=True)
+    return out.transpose(1, 2), logsumexp
 
 
 # Head dims sageattention 1.0.6 compiles kernels for; smaller ones are zero-padded up to the next of these.
 SAGE_HEAD_DIMS = (64, 96, 128)
+# sageattention 1.0.6 walks the keys in blocks of 64 and masks the loads of a partial last block but not its logits: the
+# padding keys join the softmax with logit 0 (13-19% of the output at 16-25 keys, 0.4-0.9% at 400-660; executed under
+# Triton's interpreter, pst_yolo.kernel_check). No padding of the keys is exact (a padded key needs a logit of -inf,
+# which int8 keys cannot give), so other key counts go to SDPA.
+SAGE_KEY_BLOCK = 64
 
 
 def sage_attention(q, k, v, mask=None, scale=None):
@@ -147,7 +161,11 @@ def _flash_supports(q, k, v, mask):
 def _sage_supports(q, k, v, mask):
     if q.shape[-1] > SAGE_HEAD_DIMS[-1]:
         return f"head dim {q.shape[-1]} unsupported (needs <= {SAGE_HEAD_DIMS[-1]}; padded to one of {SAGE_HEAD_DIMS})"
-    return _cuda_half_unmasked(q, mask)
+    why = _cuda_half_unmasked(q, mask)
+    if why is None and k.shape[-2] % SAGE_KEY_BLOCK:
+        why = (f"{k.shape[-2]} keys, not a multiple of {SAGE_KEY_BLOCK} (sageattention 1.0.6 leaves the padding of its "
+               f"last key block in the softmax)")
+    return why
 
 
 def _builtin(q, k, v, mask):

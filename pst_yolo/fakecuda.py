@@ -313,12 +313,14 @@ def _flash_stand_in(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, re
 
 
 def _sage_stand_in(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, **_):
-    """sageattention.sageattn's stated rules (1.0.6), checked on fake tensors: CUDA, fp16/bf16, layout HND
-    (B, heads, N, d), head dim 64, 96 or 128."""
+    """sageattention.sageattn's rules (1.0.6), checked on fake tensors: CUDA, fp16/bf16, layout HND (B, heads, N, d),
+    head dim 64, 96 or 128, and (executed under Triton's interpreter, pst_yolo.kernel_check) a key count that is a
+    multiple of 64, the only one it computes exactly."""
     rules = [(all(t.is_cuda for t in (q, k, v)), "needs CUDA tensors"),
              (q.dtype in HALF and q.dtype == k.dtype == v.dtype, "needs one fp16/bf16 dtype"),
              (tensor_layout == "HND" and q.dim() == 4, "needs the HND layout (B, heads, N, d)"),
-             (q.shape[-1] in (64, 96, 128), "needs a head dim of 64, 96 or 128")]
+             (q.shape[-1] in (64, 96, 128), "needs a head dim of 64, 96 or 128"),
+             (k.shape[-2] % 64 == 0, "is exact only for a key count that is a multiple of 64")]
     for ok, why in rules:
         if not ok:
             raise ValueError(f"sageattn {why}: got {tuple(q.shape)} {q.dtype} on {q.device}")
@@ -665,12 +667,15 @@ def branch_matrix(modes=MODES, imgsz=(20, 16)) -> list:
     settings = [(k, strategy, backend, libraries, "joint") for libraries in (False, True) for k in (8, 0)
                 for strategy in (STRATEGIES[::2] if k else ("auto",))  # k=0 computes no scores
                 for backend in (BACKENDS if not libraries else ("auto", "flash", "sage"))]
-    settings.append((8, "auto", "auto", False, "add"))  # the paper's additive fusion: the same kernels, one more pass
+    settings = [(*s, imgsz) for s in settings]
+    settings.append((8, "auto", "auto", False, "add", imgsz))  # the paper's additive fusion: one more pass
+    # SageAttention serves only whole blocks of 64 keys (the default size has 10 x 8 = 80): 8 x 8 coarse keys
+    settings.append((0, "auto", "sage", True, "joint", (16, 16)))
     rows = []
-    for k, strategy, backend, libraries, fusion in settings:
+    for k, strategy, backend, libraries, fusion, size in settings:
         set_fusion(probe, fusion)
-        reports = check(probe, modes=modes, k=k, batch=2, imgsz=imgsz, strategy=strategy, libraries=libraries,
+        reports = check(probe, modes=modes, k=k, batch=2, imgsz=size, strategy=strategy, libraries=libraries,
                         backend=None if backend == "auto" else backend, branches=True, net=probe)
-        rows += [dict(mode=m, k=k, strategy=strategy, backend=backend, libraries=libraries, fusion=fusion, report=r)
-                 for m, r in zip(modes, reports)]
+        rows += [dict(mode=m, k=k, strategy=strategy, backend=backend, libraries=libraries, fusion=fusion, imgsz=size,
+                      report=r) for m, r in zip(modes, reports)]
     return rows

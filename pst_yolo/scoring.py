@@ -32,8 +32,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from pst_yolo.attention import attention, choose_kernel, no_autocast
-from pst_yolo.extras import load_symbol
+from pst_yolo.attention import attention, choose_kernel, flash_attention_lse, no_autocast
 from pst_yolo.log import log_once
 # _STATIC_EXPORT: the tests read the flag here, where static exports are traced
 from pst_yolo.tracing import _STATIC_EXPORT, in_export, set_static_export, static_export_enabled  # noqa: F401
@@ -252,10 +251,7 @@ def attention_lse(q, k, v, scale: float, backend: str | None = None):
     if q.is_cuda and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:
         if q.dtype in (torch.float16, torch.bfloat16):
             if choose_kernel(q, k, v, None, backend) == "flash":
-                fn, _ = load_symbol("flash_attn", "flash_attn_func")
-                out, lse, _ = fn(*(t.transpose(1, 2).contiguous() for t in (q, k, v)), softmax_scale=scale,
-                                 return_attn_probs=True)
-                return out.transpose(1, 2), lse
+                return flash_attention_lse(q, k, v, scale=scale)
             res = torch.ops.aten._scaled_dot_product_flash_attention(
                 q.contiguous(), k.contiguous(), v.contiguous(), 0.0, False, False, scale=scale
             )

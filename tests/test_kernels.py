@@ -87,7 +87,7 @@ def test_sage_refuses_head_dims_above_128(monkeypatch):
     monkeypatch.setitem(extras._IMPORTS, ("sageattention", "sageattn"), (_fake_sage, None))
     with pytest.raises(ValueError, match="head dims up to 128"):
         A.sage_attention(*_qkv(d=160))
-    assert "head dim 160" in A._sage_supports(_cuda_like(d=160), None, None, None)
+    assert "head dim 160" in A._sage_supports(_cuda_like(d=160), _cuda_like(n=64), None, None)
 
 
 def test_adapters_layout_padding_and_scale(monkeypatch):
@@ -117,9 +117,9 @@ def test_package_not_installed_is_reported(monkeypatch):
             A.KERNELS[name].fn(*_qkv())
 
 
-def _cuda_like(d=32, dtype=torch.float16):
+def _cuda_like(d=32, dtype=torch.float16, n=100):
     """Stand-in for a CUDA tensor for the shape/device predicates (no GPU here)."""
-    return SimpleNamespace(is_cuda=True, dtype=dtype, shape=(1, 2, 100, d), requires_grad=False)
+    return SimpleNamespace(is_cuda=True, dtype=dtype, shape=(1, 2, n, d), requires_grad=False)
 
 
 def test_shape_and_device_support_predicates():
@@ -129,8 +129,12 @@ def test_shape_and_device_support_predicates():
     assert "float16" in A._flash_supports(_cuda_like(dtype=torch.float32), None, None, None)
     assert "mask" in A._flash_supports(_cuda_like(), None, None, torch.zeros(1))
     assert "CUDA" in A._flash_supports(torch.zeros(1, 1, 4, 32, dtype=torch.float16), None, None, None)
-    assert A._sage_supports(_cuda_like(), None, None, None) is None
-    assert "head dim 256" in A._sage_supports(_cuda_like(d=256), None, None, None)
+    assert A._sage_supports(_cuda_like(), _cuda_like(n=128), None, None) is None
+    assert "head dim 256" in A._sage_supports(_cuda_like(d=256), _cuda_like(n=128), None, None)
+    # sageattention 1.0.6 is exact only for whole key blocks of 64 (tests/test_kernels_executed.py runs its kernel)
+    for m in (16, 25, 100, 400, 660):
+        assert f"{m} keys, not a multiple of 64" in A._sage_supports(_cuda_like(), _cuda_like(n=m), None, None)
+    assert "mask" in A._sage_supports(_cuda_like(), _cuda_like(n=100), None, torch.zeros(1))  # the first reason
 
 
 def _pretend_gpu_kernels(monkeypatch, flash_ok=True, sage_ok=True):
