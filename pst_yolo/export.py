@@ -29,7 +29,7 @@ from pst_yolo.extras import require
 # Not listed on purpose: NonZero/Loop/If/Scan (data-dependent shapes or control flow PST must never need).
 TENSORRT_ONNX_OPS = frozenset(
     """
-    Add And Cast Clip Concat Constant ConstantOfShape Conv Div Equal Expand Flatten Gather GatherElements GatherND
+    Add And Cast Clip Concat Constant ConstantOfShape Conv CumSum Div Equal Expand Flatten Gather GatherElements GatherND
     Gemm GlobalAveragePool Greater GreaterOrEqual Identity Less LessOrEqual MatMul Max MaxPool Min Mod Mul Neg Not Or
     Pad Range ReduceMax ReduceMean ReduceSum Relu Reshape Resize Shape Sigmoid Slice Softmax Split Sqrt Squeeze Sub
     Tile TopK Transpose Unsqueeze Where
@@ -38,7 +38,7 @@ TENSORRT_ONNX_OPS = frozenset(
 # Opset range TensorRT 10.x's parser documents (inclusive); Ultralytics picks 18 for torch >= 2.4.
 TENSORRT_OPSETS = (9, 20)
 # Inputs that must be graph constants: op -> input positions.
-_CONST_INPUTS = {"TopK": (1,), "Slice": (3,), "Squeeze": (1,), "Unsqueeze": (1,)}
+_CONST_INPUTS = {"TopK": (1,), "Slice": (3,), "Squeeze": (1,), "Unsqueeze": (1,), "CumSum": (1,)}
 
 
 def _constants(graph) -> dict:

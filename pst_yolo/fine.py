@@ -36,7 +36,7 @@ from pst_yolo.attention import attention
 from pst_yolo.log import log_once
 from pst_yolo.scoring import explicit_attention, export_rows
 from pst_yolo.selection import select_fine_tokens
-from pst_yolo.tracing import coarse_reason, current_form, in_export, is_fake, static_export_enabled
+from pst_yolo.tracing import coarse_reason, current_form, in_export, is_fake, onnx_opset_below, static_export_enabled
 
 
 class FineForm:
@@ -50,6 +50,9 @@ class FineForm:
 
     def heads(self, t: torch.Tensor, heads: int, d: int) -> torch.Tensor:
         """(B, C, H, W) -> (B, heads, H*W, d), contiguous: every kernel and the fine branch read it so."""
+        if in_export() and onnx_opset_below(13):  # ONNX has no unflatten before opset 13; sizes from the shape
+            b, _, h, w = t.shape
+            return t.reshape(b, heads, d, h * w).transpose(-2, -1).contiguous()
         return t.flatten(2).unflatten(1, (heads, d)).transpose(-2, -1).contiguous()
 
     def fine(self, attn, x, q, scores, coarse_hw, topk: int) -> torch.Tensor:
@@ -163,13 +166,16 @@ def _replaced(coarse: torch.Tensor, refined: torch.Tensor, scores: torch.Tensor)
     selection holds indices >= M, which a scatter would write out of bounds; the exported graph keeps to
     ``pst_yolo.export.TENSORRT_ONNX_OPS``, which has no scatter)."""
     if in_export():
-        m = scores.shape[-1]  # torch.export keeps it symbolic
         if torch.jit.is_tracing() and not static_export_enabled():
-            # M counted from data: the jit tracer (TorchScript, the ONNX exporter) folds the traced shape of these
-            # tensors into a constant, which would fix a dynamic export to the image size it was traced at (a static
-            # export keeps the constant: its tensors' sizes stay readable, tests/test_export_cost.py)
-            m = (scores[0, 0] * 0.0 + 1.0).sum().to(torch.int64)
-        positions = torch.arange(m, device=coarse.device)
+            # 0..M-1 as a traced computation: the jit tracer (TorchScript, the ONNX exporter) folds ``scores.shape[-1]``
+            # and ``torch.arange`` of it into constants, which would fix a dynamic export to the image size it was
+            # traced at. ``x == x | x != x`` is True for every value, NaN and inf included, so the positions follow
+            # the shape and never the data (a NaN input gives NaN out, as stock does, not a bad range). A static export
+            # keeps the constant: its tensors' sizes stay readable (tests/test_export_cost.py).
+            row = scores[:1, :1]
+            positions = ((row == row) | (row != row)).to(torch.int64).cumsum(-1).reshape(-1) - 1
+        else:
+            positions = torch.arange(scores.shape[-1], device=coarse.device)  # torch.export keeps the size symbolic
         return ((coarse.unsqueeze(-1) == positions) & refined.unsqueeze(-1)).any(-2)
     return torch.zeros(scores.shape, dtype=torch.bool, device=coarse.device).scatter(-1, coarse, refined)
 

@@ -214,11 +214,12 @@ def on_export_start(exporter) -> None:
     format decides the form of the fine branch (``pst_yolo.formats``)."""
     from pst_yolo.formats import form_for, set_form
     from pst_yolo.offline import TF_FORMATS, block_mnn_telemetry, seed_onnx2tf_calibration
-    from pst_yolo.tracing import set_static_export
+    from pst_yolo.tracing import set_onnx_opset, set_static_export
     from ultralytics.utils import LOGGER
 
     dynamic = bool(getattr(exporter.args, "dynamic", False))
     set_static_export(not dynamic)
+    set_onnx_opset(getattr(exporter.args, "opset", None))
     fmt = getattr(exporter.args, "format", None)
     _QUANTIZER.close()  # a failed export never reached on_export_end
     if _int8(exporter.args) and _has_pst(getattr(exporter, "model", None)):
@@ -258,9 +259,10 @@ def on_export_end(exporter) -> None:
     """Back to one-piece tracing in the graph form; repair the FP16 ONNX file Ultralytics' CPU half conversion wrote,
     if any."""
     from pst_yolo.formats import set_form
-    from pst_yolo.tracing import set_static_export
+    from pst_yolo.tracing import set_onnx_opset, set_static_export
 
     set_static_export(False)
+    set_onnx_opset(None)
     set_form("graph")
     _QUANTIZER.close()
     args = exporter.args

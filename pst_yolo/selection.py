@@ -33,8 +33,9 @@ def block_positions(idx: torch.Tensor, coarse_w: int, fine_h: int, fine_w: int):
     off = torch.arange(4, device=idx.device)
     rows = (2 * r).unsqueeze(-1) + off // 2
     cols = (2 * c).unsqueeze(-1) + off % 2
-    inside = (rows < fine_h) & (cols < fine_w)
-    return rows.clamp(max=fine_h - 1) * fine_w + cols.clamp(max=fine_w - 1), inside
+    below, left = rows < fine_h, cols < fine_w
+    # where, not clamp: ONNX's Clip takes integers only from opset 12, and exports go down to opset 11
+    return torch.where(below, rows, fine_h - 1) * fine_w + torch.where(left, cols, fine_w - 1), below & left
 
 
 @functools.lru_cache(maxsize=64)

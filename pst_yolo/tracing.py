@@ -14,6 +14,8 @@ FORMS = ("graph", "portable", "coarse")
 _FORM: list = ["graph", None, False]  # form, why an export is coarse-only, whether the portable form may compare
 # Set by the Ultralytics exporter callback (pst_yolo.integration) while a static-shape (dynamic=False) export traces.
 _STATIC_EXPORT = [False]
+# The ONNX opset an export asked for (``opset=``), set by the same callback; None: the exporter's default (>= 13).
+_ONNX_OPSET = [None]
 
 
 def in_export() -> bool:
@@ -65,3 +67,13 @@ def set_static_export(enabled: bool) -> None:
 
 def static_export_enabled() -> bool:
     return _STATIC_EXPORT[0]
+
+
+def set_onnx_opset(opset: int | None) -> None:
+    """The ONNX opset the export being traced asked for (Ultralytics' ``opset=``; None: its default)."""
+    _ONNX_OPSET[0] = None if opset in (None, 0) else int(opset)
+
+
+def onnx_opset_below(version: int) -> bool:
+    """Whether this trace is an ONNX export to an opset below ``version`` (ops it lacks must be spelled otherwise)."""
+    return torch.onnx.is_in_onnx_export() and _ONNX_OPSET[0] is not None and _ONNX_OPSET[0] < version

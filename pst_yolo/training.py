@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +32,19 @@ ENV_CHOICE = "PST_FINE_CHOICE"
 # Study switch: "1" writes where the gradients go, per epoch, into the run folder (pst_gradients.json): the squared
 # gradient norm summed per top-level layer and the scale of every residual PST branch (its output BatchNorm weight).
 ENV_GRADIENTS = "PST_GRADIENT_LOG"
+
+
+def deployed(net):
+    """The model that deploys, out of whatever Ultralytics wraps it in: ``torch.compile``'s ``_orig_mod``, DDP's
+    ``module``, knowledge distillation's ``DistillationModel`` (``student_model``; its teacher is not the user's model,
+    and a PST teacher keeps its own fine setting). None stays None."""
+    while net is not None:
+        inner = next((getattr(net, a) for a in ("_orig_mod", "module", "student_model")
+                      if isinstance(getattr(net, a, None), torch.nn.Module)), None)
+        if inner is None:
+            return net
+        net = inner
+    return net
 
 
 def pst_attention(net) -> list:
@@ -50,7 +64,7 @@ def on_train_start(trainer) -> None:
     ``fine_k`` and its active k its ``train_topk``; a resumed run keeps the ``fine_k`` its checkpoint carries."""
     resumed = getattr(trainer, "start_epoch", 0) > 0
     for net in (trainer.model, getattr(trainer.ema, "ema", None)):
-        for m in pst_attention(net):
+        for m in pst_attention(deployed(net)):
             if not (resumed and m.fine_k is not None):
                 m.fine_k = m.topk
             m.topk = m.train_topk
@@ -68,7 +82,7 @@ class GradientLog:
         from pst_yolo.modules import C3k2PST
 
         self.sums, self.epochs, self.path = {}, [], Path(trainer.save_dir) / "pst_gradients.json"
-        net = getattr(trainer.model, "module", trainer.model)
+        net = deployed(trainer.model)
         for i, layer in enumerate(getattr(net, "model", [])):
             for p in layer.parameters():
                 if p.requires_grad:
@@ -95,7 +109,7 @@ def on_fit_epoch_end(trainer) -> None:
     if RANK not in {-1, 0} or not trainer.stop or getattr(trainer, "_pst_fine_chosen", False):
         return
     trainer._pst_fine_chosen = True  # Ultralytics' final validation runs this callback once more
-    k = configured_k(pst_attention(getattr(trainer.ema, "ema", None)))
+    k = configured_k(pst_attention(deployed(getattr(trainer.ema, "ema", None))))
     if k == 0:
         return
     keep = os.environ.get(ENV_CHOICE, "1").strip() == "0"
@@ -108,7 +122,7 @@ def on_fit_epoch_end(trainer) -> None:
 def settings(net, k: int) -> dict:
     """The fine settings the choice tries, as ``{name: {layer index: k}}`` in order of preference at a tie: every PST
     layer at ``k`` (``str(k)``); with several PST layers, each alone (``f"{k}@{i}"``); none (``"0"``)."""
-    layers = [i for i, m in enumerate(net.model) if pst_attention(m)]
+    layers = [i for i, m in enumerate(deployed(net).model) if pst_attention(m)]
     tried = {str(k): dict.fromkeys(layers, k)}
     if len(layers) > 1:
         tried.update({f"{k}@{i}": {j: k if j == i else 0 for j in layers} for i in layers})
@@ -133,19 +147,22 @@ def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dic
     ckpt = torch_load(path, map_location="cpu")
     tried = settings(ckpt["ema"] if isinstance(ckpt.get("ema"), torch.nn.Module) else ckpt["model"], k)
     same = next((c for p, c in (previous or {}).items() if c.get("epoch") == ckpt.get("epoch")), None)
+    start = time.perf_counter()
     if same is not None:
         fitness = same["fitness"]
     else:
         fitness = {name: _validate(validator, ckpt, layers, path.parent / f".pst-fine-{name}.pt")
                    for name, layers in tried.items()}
+    seconds = time.perf_counter() - start
     name = str(k) if keep else max(tried, key=lambda n: (fitness[n], -list(tried).index(n)))
     info = {"k": max(tried[name].values()), "layers": {str(i): v for i, v in tried[name].items()}, "setting": name,
             "fitness": fitness, "epoch": ckpt.get("epoch"), "chosen_by": "kept" if keep else "fitness"}
     store_fine(ckpt, info, k)
     torch.save(ckpt, path)
     figures = ", ".join(f"{f:.5f} at {setting_label(n)}" for n, f in fitness.items())
+    cost = "reused from the same epoch" if same is not None else f"{len(tried)} validations, {seconds:.1f} s"
     LOGGER.info(f"pst-yolo: fine attention in {path.name}: fitness {figures} -> {'kept' if keep else 'chose'} "
-                f"{setting_label(name)} ({ENV_TOPK}=<k> overrides it at load)")
+                f"{setting_label(name)} ({ENV_TOPK}=<k> overrides it at load; {cost})")
     return info
 
 
@@ -159,7 +176,7 @@ def store_fine(ckpt: dict, info: dict, k: int) -> None:
     by layer index, else ``info["k"]`` everywhere; what ``yolo val``, ``predict`` and ``export`` use), their ``fine_k``
     (``k``, the setting tried) and ``ckpt["pst_fine"] = info``."""
     for key in ("ema", "model"):
-        net = ckpt.get(key)
+        net = deployed(ckpt.get(key))
         if not isinstance(net, torch.nn.Module):
             continue
         for i, layer in enumerate(getattr(net, "model", [net])):
@@ -190,16 +207,18 @@ def _validate(validator, ckpt: dict, layers: dict, scratch: Path) -> float:
     trial = dict(ckpt)
     for key in ("ema", "model"):
         if isinstance(ckpt.get(key), torch.nn.Module):
-            trial[key] = copy.deepcopy(ckpt[key])
+            trial[key] = copy.deepcopy(deployed(ckpt[key]))  # the student of a distillation: what `yolo val` loads
     store_fine(trial, {"k": max(layers.values(), default=0), "layers": {str(i): v for i, v in layers.items()}},
                max(layers.values(), default=0))
-    plots = validator.args.plots
-    validator.args.plots = False
+    plots, compiled = validator.args.plots, getattr(validator.args, "compile", False)
+    # eager, whatever `compile=` says: one validation per setting, each compiling anew, took minutes a batch (as for
+    # Ultralytics' own final validation, which also runs uncompiled)
+    validator.args.plots, validator.args.compile = False, False
     try:
         torch.save(trial, scratch)
         with _env(ENV_TOPK, ""):  # the checkpoint's own setting: a PST_TOPK of the environment would override it
             stats = validator(model=str(scratch))
     finally:
-        validator.args.plots = plots
+        validator.args.plots, validator.args.compile = plots, compiled
         scratch.unlink(missing_ok=True)
     return round(float(stats.get("fitness", 0.0)), 6)

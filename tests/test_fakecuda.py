@@ -157,3 +157,24 @@ def test_flash_stand_in_enforces_the_library_rules():
             fakecuda._flash_stand_in(odd, odd, odd)
         with pytest.raises(ValueError, match="head dim of 64, 96 or 128"):
             fakecuda._sage_stand_in(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n", [77, 100, 1600])
+def test_cuda_log_sum_exp_kernels_give_one_value_per_query(dtype, n):
+    """The ``lse`` scores' constraints on CUDA (docs/performance.md, the kernel table): SDPA's flash kernel (half) and
+    memory-efficient kernel (float32; its log-sum-exp is padded to a multiple of 32 queries, which pst-yolo cuts), head
+    dim a multiple of 8 and <= 256, the score pass's head dim d + 8 = 40 in float32: out (B, heads, N, d) in the input
+    dtype, lse (B, heads, N) float32, at query counts that are not multiples of 32."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pst_yolo import scoring
+
+    with FakeTensorMode():
+        q = torch.empty(2, 3, n, 32, device="cuda", dtype=dtype)
+        k = torch.empty(2, 3, 25, 32, device="cuda", dtype=dtype)
+        out, lse = scoring.attention_lse(q, k, k, 32**-0.5)
+        assert tuple(out.shape) == (2, 3, n, 32) and out.dtype == dtype
+        assert tuple(lse.shape) == (2, 3, n) and lse.dtype == torch.float32
+        scores = scoring.scores_from_lse(q, k, lse, 32**-0.5)  # d + 8 = 40 columns, float32, memory-efficient kernel
+        assert tuple(scores.shape) == (2, 3, 25) and scores.dtype == torch.float32
