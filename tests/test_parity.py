@@ -86,8 +86,11 @@ def _pytorch(weights, x, k):
 
     from pst_yolo.runtime import set_topk
 
+    from pst_yolo.training import pst_attention
+
     net = Model(str(weights)).model.float().eval()
-    set_topk(net, k)
+    if pst_attention(net):  # stock: nothing to set
+        set_topk(net, k)
     with torch.no_grad():
         return net(torch.from_numpy(x))[0].numpy()
 
