@@ -36,6 +36,7 @@ EXTRAS = {
         ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"), ("openvino", "openvino"),
         ("nncf", "nncf"), ("ncnn", "ncnn"),
         ("pnnx", "pnnx"), ("mnn", "MNN"), ("coremltools", "coremltools"), ("numpy", "numpy"), ("cattrs", "cattrs"),
+        ("sageattention", "sageattention"), ("twine", "twine"),
     ),
 }
 # Core dependencies that Ultralytics itself no longer declares but a pst-yolo feature needs (cloudpickle: the DDP

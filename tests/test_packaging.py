@@ -146,3 +146,28 @@ def test_fresh_venv_from_the_wheel_runs_the_tools_and_the_ddp_worker(tmp_path):
     work.mkdir()
     res = run_ddp_worker(python, data, work, env)
     assert res["pickled"] and res["topks"] == [5, 8]
+
+
+@pytest.mark.slow
+def test_sdist_and_wheel_build_carry_the_license_and_pass_twine_check(tmp_path):
+    """What a package registry checks: both distributions build from the tree, their metadata renders (``twine check
+    --strict``: the README as the long description, the license expression, the URLs), and both carry LICENSE."""
+    import tarfile
+    import zipfile
+
+    dist = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "hatchling", "build", "-d", str(dist)], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    sdist, wheel = next(dist.glob("pst_yolo-*.tar.gz")), next(dist.glob("pst_yolo-*.whl"))
+    r = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(sdist), str(wheel)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("PASSED") == 2, r.stdout + r.stderr
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names[-10:]
+    with tarfile.open(sdist) as t:
+        assert any(n.endswith("/LICENSE") for n in t.getnames())
+    assert "License-Expression: AGPL-3.0-only" in meta and "Requires-Python: >=3.11" in meta
+    assert "GNU AFFERO GENERAL PUBLIC LICENSE" in (REPO / "LICENSE").read_text()[:200]
