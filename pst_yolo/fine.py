@@ -48,6 +48,12 @@ class FineForm:
         """The regions this form refines when the layer asks for ``k``."""
         return k
 
+    def coarse_output(self, fusion: str, topk: int) -> bool:
+        """Whether the coarse pass must return its output, or the selection scores alone: the ``joint`` fusion takes
+        the whole output from its own pass over the unrefined coarse keys and the fine tokens, so with regions to
+        refine the coarse output would be computed only to be dropped (the same in every form)."""
+        return not (topk > 0 and fusion == "joint")
+
     def heads(self, t: torch.Tensor, heads: int, d: int) -> torch.Tensor:
         """(B, C, H, W) -> (B, heads, H*W, d), contiguous: every kernel and the fine branch read it so."""
         if in_export() and onnx_opset_below(13):  # ONNX has no unflatten before opset 13; sizes from the shape

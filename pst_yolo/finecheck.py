@@ -145,8 +145,11 @@ def finecheck(weights, data, imgsz: int, k: int = 8, fusions=("add", "joint"), p
     from ultralytics import YOLO
     from ultralytics.data.utils import check_det_dataset
 
-    base = YOLO(str(weights)).model.float().eval()
-    result = {"weights": str(weights), "k": k, "layers": pst_layers(base), "map": {}, "shift": {}}
+    model = YOLO(str(weights))
+    base = model.model.float().eval()
+    stored = (getattr(model, "ckpt", None) or {}).get("pst_fine") or {}
+    result = {"weights": str(weights), "k": k, "layers": pst_layers(base), "map": {}, "shift": {},
+              "stored": {key: stored[key] for key in ("k", "setting", "gain", "cost") if key in stored}}
     info = check_det_dataset(str(data))
 
     def run(name, net):
@@ -183,6 +186,14 @@ def markdown(results: list) -> str:
         base = r["map"]["k=0"][0]
         for name, (m, m50) in r["map"].items():
             lines.append(f"| {r['weights']} | {name} | {m:.4f} | {m50:.4f} | {m - base:+.4f} |")
+    stored = [(r["weights"], r["stored"]) for r in results if r.get("stored")]
+    if stored:
+        from pst_yolo.fine_gain import describe
+
+        lines += ["", "| checkpoint | stored setting | what it buys and costs (recorded when training ended) |",
+                  "|---|---|---|"]
+        lines += [f"| {w} | k={s.get('k')} ({s.get('setting', '?')}) | {describe(s) or 'not recorded (older checkpoint)'} |"
+                  for w, s in stored]
     shifts = [(r["weights"], f, i, s) for r in results for f, per in r["shift"].items() for i, s in per.items()]
     if shifts:
         lines += ["", "| checkpoint | fusion | layer | PSA out: mean shift / std | std ratio | next BN: mean shift / std "

@@ -232,6 +232,7 @@ def on_export_start(exporter) -> None:
                     "image (N, M: the finer and coarser map's pixels; yolo11n-pst's P3 layer: 82 MiB at 640 px, 1.3 GB "
                     "at 1280 px). dynamic=False exports it in chunks of bounded size (docs/deployment.md).")
     set_form(*form_for(fmt), fmt)
+    _say_fine_setting(getattr(exporter, "model", None))
     if fmt == "mnn" and block_mnn_telemetry():
         LOGGER.info("pst-yolo: MNN's converter runs without its usage logger (it would pip-install "
                     "aliyun-log-python-sdk, downgrading protobuf, and post usage logs; pst_yolo.offline)")
@@ -240,6 +241,25 @@ def on_export_start(exporter) -> None:
         if written is not None:
             LOGGER.info(f"pst-yolo: wrote {written} (onnx2tf's calibration sample, generated locally: Ultralytics "
                          "would download it for every TensorFlow export)")
+
+
+def _say_fine_setting(model) -> None:
+    """One line when the exported model refines regions: what its checkpoint's stored setting bought on validation
+    and what it adds (``pst_yolo.fine_gain``), and how to export without it."""
+    from pst_yolo.fine_gain import describe
+    from pst_yolo.switches import ENV_TOPK
+    from pst_yolo.tracing import current_form
+    from pst_yolo.training import deployed, pst_attention
+
+    if model is None or current_form() == "coarse":
+        return
+    k = max((m.topk for m in pst_attention(model) if m.attn == "softmax"), default=0)
+    info = getattr(deployed(model), "pst_fine", None)
+    if k <= 0 or not info or not describe(info):
+        return
+    from ultralytics.utils import LOGGER
+
+    LOGGER.info(f"pst-yolo: fine attention on (k={k}): {describe(info)}; {ENV_TOPK}=0 exports coarse-only")
 
 
 _QUANTIZER = contextlib.ExitStack()  # pst_yolo.quantize's patch of the export's INT8 quantizer, while one runs

@@ -169,8 +169,7 @@ class PyramidSparseAttention(CheckpointedAttention):
         v_map = self.v(u)
         q, k, v = (form.heads(t, self.heads, self.head_dim) for t in (self.q(x), self.k(u), v_map))
         topk = form.topk(self.train_topk if self.training else self.topk)
-        # an export of the joint fusion takes its output from the fine branch's own pass: the coarse pass scores only
-        out, scores = self.coarse(q, k, v, topk, output=not (topk > 0 and self.fusion == "joint" and in_export()))
+        out, scores = self.coarse(q, k, v, topk, output=form.coarse_output(self.fusion, topk))
         fine = None if scores is None else self.fine_branch(form, x, q, k, v, scores, tuple(u.shape[-2:]), topk)
         out = self.mix(out, fine)
         # b, h, w from the input's shape: traced symbolically, so a dynamic export keeps a dynamic batch and size

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from pst_yolo import fine_gain
 from pst_yolo.switches import ENV_TOPK
 
 ENV_CHOICE = "PST_FINE_CHOICE"
@@ -149,21 +150,43 @@ def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dic
     same = next((c for p, c in (previous or {}).items() if c.get("epoch") == ckpt.get("epoch")), None)
     start = time.perf_counter()
     if same is not None:
-        fitness = same["fitness"]
+        fitness, per_image = same["fitness"], None
     else:
-        fitness = {name: _validate(validator, ckpt, layers, path.parent / f".pst-fine-{name}.pt")
-                   for name, layers in tried.items()}
+        fitness, per_image = {}, {}
+        for setting, layers in tried.items():
+            with fine_gain.per_image_stats(validator, per_image.setdefault(setting, {})):
+                fitness[setting] = _validate(validator, ckpt, layers, path.parent / f".pst-fine-{setting}.pt")
     seconds = time.perf_counter() - start
     name = str(k) if keep else max(tried, key=lambda n: (fitness[n], -list(tried).index(n)))
     info = {"k": max(tried[name].values()), "layers": {str(i): v for i, v in tried[name].items()}, "setting": name,
             "fitness": fitness, "epoch": ckpt.get("epoch"), "chosen_by": "kept" if keep else "fitness"}
+    if same is not None:
+        info.update({key: same[key] for key in ("gain", "cost") if key in same})
+    else:
+        info.update(_gain_and_cost(ckpt, tried, name if name != "0" else str(k), per_image, validator))
     store_fine(ckpt, info, k)
     torch.save(ckpt, path)
     figures = ", ".join(f"{f:.5f} at {setting_label(n)}" for n, f in fitness.items())
     cost = "reused from the same epoch" if same is not None else f"{len(tried)} validations, {seconds:.1f} s"
+    what = fine_gain.describe(info)
     LOGGER.info(f"pst-yolo: fine attention in {path.name}: fitness {figures} -> {'kept' if keep else 'chose'} "
-                f"{setting_label(name)} ({ENV_TOPK}=<k> overrides it at load; {cost})")
+                f"{setting_label(name)} ({ENV_TOPK}=<k> overrides it at load; {cost})"
+                + (f"; {setting_label(info['gain']['setting'])}: {what}" if what and "gain" in info else
+                   f"; {what}" if what else ""))
     return info
+
+
+def _gain_and_cost(ckpt: dict, tried: dict, setting: str, per_image: dict, validator) -> dict:
+    """``gain``: the paired bootstrap of ``setting``'s mAP50-95 over k=0's on the validation images (when the task's
+    validator collects per-image matches); ``cost``: the FLOPs that setting adds at the validation image size."""
+    out = {}
+    if per_image.get(setting) and per_image.get("0"):
+        out["gain"] = {"setting": setting, **fine_gain.paired_bootstrap(per_image[setting], per_image["0"])}
+    imgsz = validator.args.imgsz
+    imgsz = imgsz[0] if isinstance(imgsz, (list, tuple)) else int(imgsz)
+    net = ckpt["ema"] if isinstance(ckpt.get("ema"), torch.nn.Module) else ckpt["model"]
+    out["cost"] = {"setting": setting, **fine_gain.fine_flops(net, imgsz, tried[setting])}
+    return out
 
 
 def setting_label(name: str) -> str:
@@ -183,6 +206,8 @@ def store_fine(ckpt: dict, info: dict, k: int) -> None:
             for m in pst_attention(layer):
                 m.fine_k = k if m.fine_k is None else m.fine_k
                 m.topk = int(info.get("layers", {}).get(str(i), info["k"]))
+        # on the model too, so that an export (which gets the model, not the checkpoint) can say what it buys
+        net.pst_fine = {key: info[key] for key in ("k", "setting", "gain", "cost") if key in info}
     ckpt["pst_fine"] = info
 
 

@@ -178,3 +178,33 @@ def test_progress_draws_bars_on_a_terminal():
     text = out.decode(errors="replace")
     assert "\r" in text and "run a: 100%" in text and "run b: 100%" in text and "3/3" in text
     assert "mAP50-95 0.2" in text and "demo: done" in text
+
+
+def _longest_silence(cmd, cwd, timeout=900) -> tuple[float, str]:
+    """Run ``cmd`` (stdout and stderr together) and return the longest time between two lines it printed, and all of
+    it; fails if it fails."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, bufsize=1)
+    lines, last, longest, deadline = [], time.monotonic(), 0.0, time.monotonic() + timeout
+    for line in proc.stdout:
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+        lines.append(line)
+        assert now < deadline, "".join(lines)[-3000:]
+    assert proc.wait(timeout=60) == 0, "".join(lines)[-3000:]
+    return max(longest, time.monotonic() - last), "".join(lines)
+
+
+@pytest.mark.slow
+def test_bench_reports_as_it_goes(tmp_path):
+    """``pst-yolo bench`` says what it builds, exports and times (a line at least every 20 s while it times), never
+    silent for 30 s; the Targets table uses the limits the project decided."""
+    silence, out = _longest_silence(
+        [PST_YOLO, "bench", "--quick", "--models", "yolo11n", "yolo11n-pst k=0", "yolo11n-pst k=8", "--no-openvino",
+         "--no-memory", "--no-train", "--no-psa", "--threads", "1", "--workdir", str(tmp_path / "w")], tmp_path)
+    assert silence < 30, out[-3000:]
+    for line in ("pst-yolo bench: building yolo11n-pst k=8", "pst-yolo bench: PyTorch 320 px: timing 3 models",
+                 "pst-yolo bench: onnxruntime 320 px: exporting yolo11n-pst k=8",
+                 "pst-yolo bench: onnxruntime 320 px: timing 3 models"):
+        assert line in out, out[-3000:]
+    assert "| onnxruntime latency, k=8 / k=0 (joint, paper layout) | 640 | not measured | 1.20 |" in out
+    assert "| onnxruntime latency, k=8 / k=0 (joint, recommended) | 640 | not measured | 1.05 |" in out

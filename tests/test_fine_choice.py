@@ -109,3 +109,64 @@ def test_fine_choice_can_be_switched_off(tmp_path):
     assert info["k"] == 8 and info["chosen_by"] == "kept" and info["layers"] == {"13": 8, "16": 8}
     assert list(info["fitness"]) == ["8", "8@13", "8@16", "0"]
     assert "kept k=8" in log
+
+
+def test_the_stored_setting_says_what_it_buys_and_costs(trained):
+    """``ckpt["pst_fine"]`` and the trainer's line carry the paired-bootstrap gain over k=0 on the validation images and
+    the FLOPs fine attention adds at the trained size, equal to torch's FLOP counter on the checkpoint's model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pst_yolo import attention
+
+    for name in ("last", "best"):
+        ckpt = _ckpt(trained["weights"] / f"{name}.pt")
+        info = ckpt["pst_fine"]
+        gain, cost = info["gain"], info["cost"]
+        lo, hi = gain["interval"]
+        assert lo <= gain["map50_95"] <= hi and gain["within_noise"] == (lo <= 0 <= hi)
+        assert gain["images"] == 16 and gain["resamples"] == 200 and gain["level"] == 0.9
+        assert gain["setting"] == cost["setting"] == (info["setting"] if info["setting"] != "0" else "8")
+        net = ckpt["model"].float().eval()
+        counted = {}
+        attention.set_backend("reference")
+        try:
+            for which, layers in (("k0", {}), ("fine", {"8": {13: 8, 16: 8}, "8@13": {13: 8}, "8@16": {16: 8}}[
+                    gain["setting"]])):
+                for i, layer in enumerate(net.model):
+                    for m in pst_attention(layer):
+                        m.topk = layers.get(i, 0)
+                with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                    net(torch.zeros(1, 3, IMGSZ, IMGSZ))
+                counted[which] = counter.get_total_flops() / 1e9
+        finally:
+            attention.set_backend(None)
+        assert cost["imgsz"] == IMGSZ
+        assert cost["gflops_k0"] == pytest.approx(counted["k0"], abs=1e-4)
+        assert cost["gflops"] == pytest.approx(counted["fine"], abs=1e-4) and cost["extra_gflops"] > 0
+    assert "mAP50-95 over k=0 on validation (90% interval" in trained["log"]
+
+
+@pytest.mark.parametrize("k", [0, 8])
+def test_export_says_what_the_stored_fine_setting_buys(trained, tmp_path, k):
+    ckpt = _ckpt(trained["weights"] / "best.pt")
+    store_fine(ckpt, {**ckpt["pst_fine"], "k": k, "layers": {}}, 8)
+    weights = tmp_path / f"k{k}.pt"
+    torch.save(ckpt, weights)
+    out = _run(YOLO, "export", f"model={weights}", "format=onnx", f"imgsz={IMGSZ}", cwd=tmp_path)
+    line = [s for s in out.splitlines() if "pst-yolo: fine attention on" in s]
+    if k == 0:
+        assert not line  # a checkpoint stored at k=0 exports coarse-only and says nothing
+    else:
+        assert len(line) == 1 and "(k=8)" in line[0] and "mAP50-95 over k=0 on validation" in line[0], line
+        assert "GFLOPs" in line[0] and "PST_TOPK=0 exports coarse-only" in line[0]
+        out = _run(YOLO, "export", f"model={weights}", "format=onnx", f"imgsz={IMGSZ}", cwd=tmp_path,
+                   env={"PST_TOPK": "0"})
+        assert "pst-yolo: fine attention on" not in out
+
+
+def test_finecheck_prints_what_the_stored_setting_buys(trained):
+    from pst_yolo.runner import entry_point
+
+    out = _run(entry_point("pst-yolo"), "finecheck", str(trained["weights"] / "last.pt"), "--data", str(trained["data"]), "--imgsz",
+               str(IMGSZ), "--fusions", "joint", "--batch", "8", cwd=trained["root"])
+    assert "| stored setting |" in out and "mAP50-95 over k=0 on validation" in out and "GFLOPs" in out, out[-3000:]
