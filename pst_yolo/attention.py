@@ -115,8 +115,8 @@ def flash_attention_lse(q, k, v, mask=None, scale=None, lse=True):
 # Head dims sageattention 1.0.6 compiles kernels for; smaller ones are zero-padded up to the next of these.
 SAGE_HEAD_DIMS = (64, 96, 128)
 # sageattention 1.0.6 walks the keys in blocks of 64 and masks the loads of a partial last block but not its logits: the
-# padding keys join the softmax with logit 0 (13-19% of the output at 16-25 keys, 0.4-0.9% at 400-660; executed under
-# Triton's interpreter, pst_yolo.kernel_check). No padding of the keys is exact (a padded key needs a logit of -inf,
+# padding keys join the softmax with logit 0 (mean error 48-65% of the output at 16-25 keys, 4-7% at 400-660; executed
+# under Triton's interpreter, pst_yolo.kernel_check; docs/performance.md). No padding of the keys is exact (a padded key needs a logit of -inf,
 # which int8 keys cannot give), so other key counts go to SDPA.
 SAGE_KEY_BLOCK = 64
 

@@ -77,13 +77,11 @@ def paired_bootstrap(stats: dict, base: dict, resamples: int = RESAMPLES, level:
 
 def fine_flops(model: torch.nn.Module, imgsz: int, layers: dict) -> dict:
     """GFLOPs of one eval forward at ``imgsz`` with fine attention at ``layers`` ({layer index: k}) and with none."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from pst_yolo.attention import get_backend, set_backend
+    from pst_yolo.tools.models import full_gflops
     from pst_yolo.training import deployed, pst_attention
 
-    net = copy.deepcopy(deployed(model)).float().eval()
-    x = torch.zeros(1, 3, imgsz, imgsz)
+    net = copy.deepcopy(deployed(model)).float()
     counts = {}
     previous = get_backend()
     set_backend("reference")  # SDPA's fused CPU kernel counts 0 FLOPs
@@ -92,9 +90,7 @@ def fine_flops(model: torch.nn.Module, imgsz: int, layers: dict) -> dict:
             for i, layer in enumerate(net.model):
                 for m in pst_attention(layer):
                     m.topk = int(setting.get(i, setting.get(str(i), 0)))
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                net(x)
-            counts[name] = counter.get_total_flops() / 1e9
+            counts[name] = full_gflops(net, imgsz, None)
     finally:
         set_backend(None if previous == "auto" else previous)
     return dict(imgsz=imgsz, gflops_k0=round(counts["k0"], 4), gflops=round(counts["fine"], 4),
