@@ -102,8 +102,8 @@ def validate(weights: Path, data, k: int | None, imgsz: int, batch: int, device:
 
 
 def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0, 8), out="runs/compare", jobs=1,
-            device="cpu", weights="last", reuse=True, val_data=None, progress=None, control=False,
-            **train_args) -> dict:
+            device="cpu", weights="last", reuse=True, val_data=None, progress=None, control=False, pretrain=None,
+            pretrain_epochs=None, **train_args) -> dict:
     """Train ``models`` with identical settings for every seed, validate, write table.md, curves.png, results.json.
 
     Args:
@@ -126,6 +126,12 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
             network started from the PST model's initial weights at each seed (``pst_yolo.control``); the table then
             has a paired section (``paired_table``). ``"only"``: train the control arms alone (the PST and stock arms
             ran elsewhere: merge the folders with ``merge_results`` / ``--summarize``).
+        pretrain (str | Path | None): The fine-tuning path: every arm (controls included) starts from one shared stock
+            checkpoint, ``pretrained=<it>``. A data YAML trains it once here (the baseline model, or the stock model
+            the first PST model replaces, seed 0, ``pretrain_epochs`` epochs, the comparison's other settings) into
+            ``<out>/pretrain`` and reuses it on resume; a ``.pt`` file is used as given. Ultralytics transfers every
+            tensor whose name and shape match (a new data set's class count re-draws the head's last convs).
+        pretrain_epochs (int | None): Epochs of that stock training (default: ``epochs``).
         **train_args: Further ``yolo train`` arguments for every run (e.g. ``close_mosaic=5``, ``pretrained=...``).
 
     Returns:
@@ -161,6 +167,12 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
         progress.say("generating the built-in demo data")
         data = str(make_detection_dataset(out / "data", n_train=256, n_val=48, imgsz=imgsz))
     settings = {"epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, **train_args}
+    if pretrain is not None:
+        if "pretrained" in train_args:
+            raise ValueError("pst-yolo: give either pretrain (a shared stock start) or pretrained=, not both")
+        start = shared_start(models, pretrain, int(pretrain_epochs or epochs), settings, out, progress)
+        settings = {**settings, "pretrained": start, "pretrain": f"{pretrain}"
+                    + (f" ({int(pretrain_epochs or epochs)} epochs)" if not str(pretrain).endswith(".pt") else "")}
     check_settings(out, {**settings, "data": str(data), "val_data": str(val_data or data), "ks": ks,
                          "weights": weights})
     project.mkdir(parents=True, exist_ok=True)
@@ -180,7 +192,7 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
                 init = out / "init" / f"{lab}-s{s}.pt"
                 if not init.is_file():
                     progress.say(f"initial weights of {label_of(pst_model)} s{s} for {lab}")
-                    initial_weights(pst_model, data, s, settings, init)
+                    initial_weights(pst_model, data, s, arm_settings(settings), init)
                 run.extra = {"pretrained": str(init)}
             runs.append(run)
     jobs = max(1, min(int(jobs), len(runs)))
@@ -190,8 +202,8 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
     if not reuse:
         for run in runs:
             (run.dir / STAMP).unlink(missing_ok=True)
-    run_jobs([Job(f"{r.label} s{r.seed}", train_command(r.model, data, r.seed, {**settings, **r.extra}, project,
-                                                        r.dir.name), r.dir, int(epochs), project, env,
+    run_jobs([Job(f"{r.label} s{r.seed}", train_command(r.model, data, r.seed, {**arm_settings(settings), **r.extra},
+                                                        project, r.dir.name), r.dir, int(epochs), project, env,
                   CURVE_COLUMN[task]) for r in runs], jobs, progress, out)
     from ultralytics.utils import LOGGER
 
@@ -223,6 +235,39 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
 
 
 MANIFEST = "compare.json"
+
+
+def arm_settings(settings: dict) -> dict:
+    """The ``yolo train`` arguments of an arm: the comparison's settings less its own bookkeeping (``pretrain``)."""
+    return {k: v for k, v in settings.items() if k != "pretrain"}
+
+
+def shared_start(models: list, source, epochs: int, settings: dict, out: Path, progress) -> str:
+    """The stock checkpoint every arm of a fine-tuning comparison starts from (``compare(pretrain=...)``): ``source``
+    itself when it is a ``.pt`` file, else ``<stock>.yaml`` trained on the data YAML ``source`` (seed 0, ``epochs``,
+    the comparison's image size, batch, device and extra arguments) into ``<out>/pretrain/<stock>-<data>``, once."""
+    from ultralytics import YOLO
+
+    from pst_yolo.runner import Job, run_jobs
+
+    source = Path(source)
+    if source.suffix == ".pt":
+        if not source.is_file():
+            raise ValueError(f"pst-yolo: pretrain checkpoint {source} does not exist")
+        return str(source.resolve())
+    if not source.is_file():
+        raise ValueError(f"pst-yolo: pretrain data {source} does not exist (a data YAML, or a stock .pt to start from)")
+    stock = next((m for m in models if not has_pst(YOLO(m).model)), None) or control_base(models[0])
+    name = f"{label_of(stock)}-{source.parent.name if source.stem == 'data' else source.stem}"
+    project = out.resolve() / "pretrain"
+    run_dir = project / name
+    train = {**{k: v for k, v in settings.items() if k != "pretrained"}, "epochs": epochs}
+    env = {"OMP_NUM_THREADS": str(os.cpu_count() or 1), "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
+    progress.say(f"the shared start: {label_of(stock)} trained {epochs} epochs on {source} (seed 0), once")
+    project.mkdir(parents=True, exist_ok=True)
+    run_jobs([Job(f"pretrain {name}", train_command(stock, str(source.resolve()), 0, train, project, name), run_dir,
+                  epochs, project, env, None)], 1, progress, out)
+    return str(run_dir / "weights" / "last.pt")
 
 
 def control_arms(arms: list, progress) -> list:
@@ -299,7 +344,7 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {r['model']} | {fine} | {m1:.4f} ± {sd1:.4f} | {m2:.4f} ± {sd2:.4f} | {per_seed} | {ratio} | "
                      f"{worst} |")
     shown = ("epochs", "imgsz", "batch", "device", "data", "val_data", "seeds", "ks", "weights")
-    extra = {k: v for k, v in s.items() if k not in shown} or "none"
+    extra = ", ".join(f"{k}={v}" for k, v in s.items() if k not in shown) or "none"
     held_out = f", evaluated on {s['val_data']}" if s.get("val_data", s["data"]) != s["data"] else ""
     lines += ["", (f"{s['epochs']} epochs, imgsz {s['imgsz']}, batch {s['batch']}, device {s['device']}, seeds "
                    f"{s['seeds']}, {s['weights']}.pt weights, data {s['data']}{held_out}; extra train args: {extra}.")]
@@ -337,15 +382,20 @@ def paired_table(result: dict) -> str:
             d_init = [by[(ctrl, s)]["None"][0] - by[(base, s)]["None"][0] for s in seeds if (base, s) in by]
             scale = statistics.fmean(by[(base, s)]["None"][0] for s in seeds if (base, s) in by) if d_init else \
                 statistics.fmean(by[(ctrl, s)]["None"][0] for s in seeds)
+            r_ctrl = [_ratio(by[(label, s)][k][0], by[(ctrl, s)]["None"][0]) for s in seeds]
+            r_base = [_ratio(by[(label, s)][k][0], by[(base, s)]["None"][0]) if (base, s) in by else None
+                      for s in seeds]
             if not lines:
+                b = base or "baseline"
                 lines = [f"Paired by seed ({n1}; control: the stock network on the PST model's initialisation, "
                          "pst_yolo.control):", "",
-                         "| model | fine attention | seed | PST - control | control - " + (base or "baseline") + " |",
-                         "|---|---|---:|---:|---:|"]
+                         f"| model | fine attention | seed | PST - control | PST / control | control - {b} | "
+                         f"PST / {b} |", "|---|---|---:|---:|---:|---:|---:|"]
             fine = "off (k=0)" if k == "0" else f"on (k={k})"
             for i, s in enumerate(seeds):
                 init = f"{d_init[i]:+.4f}" if len(d_init) == len(seeds) else ""
-                lines.append(f"| {label} | {fine} | {s} | {d_pst[i]:+.4f} | {init} |")
+                lines.append(f"| {label} | {fine} | {s} | {d_pst[i]:+.4f} | {_fmt(r_ctrl[i])} | {init} | "
+                             f"{_fmt(r_base[i])} |")
             m, sd = _stats(d_pst)
             need = paired_seeds(d_pst, scale)
             init_summary = ""
@@ -353,10 +403,26 @@ def paired_table(result: dict) -> str:
                 mi, sdi = _stats(d_init)
                 init_summary = f"{mi:+.4f} ± {sdi:.4f}, worst {min(d_init):+.4f}"
             lines.append(f"| {label} | {fine} | mean ± std, worst | {m:+.4f} ± {sd:.4f}, worst {min(d_pst):+.4f} | "
-                         f"{init_summary} |")
+                         f"{_mean_worst(r_ctrl, seeds)} | {init_summary} | {_mean_worst(r_base, seeds)} |")
             lines.append(f"| {label} | {fine} | seeds for a {PAIRED_DELTA:.0%} effect | "
-                         f"{'-' if need is None else need} | |")
+                         f"{'-' if need is None else need} | | | |")
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def _fmt(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f}"
+
+
+def _mean_worst(ratios: list, seeds: list) -> str:
+    """``mean 0.97, worst 0.87 (seed 1)`` of per-seed ratios (empty when a seed has none)."""
+    if not ratios or None in ratios:
+        return ""
+    i = min(range(len(ratios)), key=ratios.__getitem__)
+    return f"mean {statistics.fmean(ratios):.2f}, worst {ratios[i]:.2f} (seed {seeds[i]})"
 
 
 def _load(result) -> dict:

@@ -9,7 +9,9 @@ seeding and model construction). Ultralytics transfers every tensor whose name a
 
 - a residual model (``C3k2PST``, the stock C3k2 under its stock parameter names plus a PST branch) shares every stock
   tensor, so its control is the residual model with the branch never added (the ``branch: false`` probe): the stock
-  function on exactly the residual model's initialisation;
+  function on exactly the residual model's initialisation. Since the branch draws from a stream of its own
+  (``pst_yolo.modules.own_random_stream``, 2026-12-06), that initialisation is the stock model's at the same seed, so
+  the control of a residual model now repeats the stock arm (checkpoints and studies from before drew them apart);
 - the paper's layout (a ``PST`` in place of a C3k2) shares every layer but the replaced ones, which the control gets
   as stock C3k2 blocks from the stock model's own seeded initialisation.
 
@@ -43,7 +45,9 @@ def initial_weights(model: str, data, seed: int, settings: dict, path: Path) -> 
     checkpoint that ``pretrained=`` reads; returns ``path``.
 
     The task's own trainer is built with the same arguments (it seeds torch with ``seed + 1`` in its constructor) and
-    builds the model as its training would, before any step; nothing is trained."""
+    builds the model as its training would, before any step; nothing is trained. A ``pretrained=`` checkpoint in
+    ``settings`` (the fine-tuning path) is loaded as the training would load it, so the control of a fine-tuned PST
+    model starts from the same transferred weights and the same freshly drawn remainder (a new head, the branch)."""
     import torch
     from ultralytics import YOLO
 
@@ -56,7 +60,7 @@ def initial_weights(model: str, data, seed: int, settings: dict, path: Path) -> 
     settings = {k: smart_value(v) if isinstance(v, str) else v for k, v in settings.items()}
     overrides = {**settings, "model": model, "data": str(data), "seed": int(seed), "deterministic": True,
                  "workers": 0, "plots": False, "project": str(path.parent / "trainer"), "name": path.stem,
-                 "exist_ok": True, "mode": "train", "pretrained": False}
+                 "exist_ok": True, "mode": "train", "pretrained": pretrained_checkpoint(settings) or False}
     trainer = trainer_class(overrides=overrides)
     trainer.setup_model()
     torch.save({"model": trainer.model, "train_args": {"model": model, "seed": int(seed)}}, path)
@@ -66,3 +70,9 @@ def initial_weights(model: str, data, seed: int, settings: dict, path: Path) -> 
 def shared_tensors(control_state: dict, pst_state: dict) -> list[str]:
     """Names of the tensors a control takes from its PST model (same name and shape), in the control's order."""
     return [k for k, v in control_state.items() if k in pst_state and pst_state[k].shape == v.shape]
+
+
+def pretrained_checkpoint(settings: dict) -> str | None:
+    """The checkpoint file a ``pretrained=`` training argument names (None: no file, e.g. ``pretrained=True``)."""
+    value = settings.get("pretrained")
+    return str(value) if isinstance(value, (str, Path)) and str(value).endswith(".pt") else None

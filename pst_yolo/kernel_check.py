@@ -352,6 +352,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", nargs="+", default=["sage", "flash"], choices=["sage", "flash"])
     ap.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"])
     ap.add_argument("--layouts", nargs="+", default=list(LAYOUTS))
+    ap.add_argument("--sizes", nargs="+", type=int, default=None, metavar="PX",
+                    help="square input sizes (default: 128 160 320 640 1280 and 480x352)")
     ap.add_argument("--model", default="yolo11n-pst.yaml",
                     help="the whole model checked with each kernel against 'reference' ('' skips it)")
     ap.add_argument("--json", action="store_true", help="print one JSON line (the report) at the end")
@@ -371,7 +373,8 @@ def main(argv=None) -> int:
         where = "CUDA" if torch.cuda.is_available() else "CPU, Triton's interpreter"
         print(f"pst_yolo.kernel_check: {', '.join(args.kernels)} at every PSA coarse shape of {len(args.layouts)} "
               f"layouts ({where})", flush=True)
-    report = run(tuple(args.kernels), tuple(args.layouts), dtypes=tuple(getattr(torch, d) for d in args.dtypes),
+    sizes = SIZES if args.sizes is None else tuple((px, px) for px in args.sizes)
+    report = run(tuple(args.kernels), tuple(args.layouts), sizes, dtypes=tuple(getattr(torch, d) for d in args.dtypes),
                  progress=progress)
     report["models"] = []
     for kernel in (kn for kn in args.kernels if kn not in report["missing"]) if args.model else ():

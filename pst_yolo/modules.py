@@ -18,7 +18,9 @@ How a PSA forward flows (one pass, one direction; each step names the module tha
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import os
 
 import torch
@@ -397,12 +399,30 @@ class PST(nn.Module):
         return x, u
 
 
+@contextlib.contextmanager
+def own_random_stream():
+    """Build a new branch on a random stream of its own: torch's global generator is left exactly where it was.
+
+    Ultralytics draws every layer's initial weights from one global stream in model order, so a branch that drew from
+    it would re-draw every layer built after it (a detection head's new class convs on the fine-tuning path
+    included). Seeded by a hash of the global state, the branch's own stream is deterministic under a seeded
+    ``yolo train`` and differs from layer to layer. A residual model then starts bit for bit as the stock model at the
+    same seed, from scratch and on ``pretrained=`` alike (tests/test_zoo.py), and PST against stock is paired by
+    construction: the seed no longer re-draws the rest of the network."""
+    state = torch.get_rng_state()
+    seed = int.from_bytes(hashlib.blake2b(state.numpy().tobytes(), digest_size=8).digest(), "little")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class C3k2PST(nn.Module):
     """The stock C3k2 fusion block plus a PST on its output as a residual branch that starts at zero.
 
     ``y = C3k2(x)``, ``out = y + PST([y, u])``, with the PST's output BatchNorm weight initialised to 0, so a new
     C3k2PST computes exactly the C3k2 it replaces (the residual is ``SiLU(0) = 0``) and training only adds what the
-    attention earns. Its C3k2 parameters keep the stock names (``cv1``, ``cv2``, ``m``): ``pretrained=yolo11n.pt`` loads
+    attention earns. The branch draws its initial weights from a random stream of its own (``own_random_stream``),
+    so at a given seed every other tensor of the model is the stock model's. Its C3k2 parameters keep the stock names (``cv1``, ``cv2``, ``m``): ``pretrained=yolo11n.pt`` loads
     the stock block into it, and the model starts from the stock checkpoint's function. pst-yolo's recommended models
     use it at the P4 fusion (docs/accuracy.md).
 
@@ -421,8 +441,8 @@ class C3k2PST(nn.Module):
         residual_init (float): Initial weight of the PST's output BatchNorm. 0 (default) starts the block as the stock
             C3k2; a positive value starts the branch active (a study probe: at the CPU budgets of docs/accuracy.md a
             zero-started branch stays small, and one started at 0.3 or 1.0 did not score better).
-        branch (bool): A study probe: False builds the PST (so every later layer gets the random initialisation it
-            gets in the residual model) but never adds it: the stock C3k2 with the residual model's initialisation.
+        branch (bool): A study probe: False builds the PST but never adds it: the stock C3k2 with the residual model's
+            initialisation (which, since the branch draws from its own stream, is the stock model's at that seed).
 
     Examples:
         >>> m = C3k2PST(192, 256, 128).eval()
@@ -440,7 +460,8 @@ class C3k2PST(nn.Module):
         residual_init = check_branch_scale(residual_init, "residual_init", "C3k2PST")
         stock = C3k2(c1, c2, n, c3k, e)
         self.c, self.cv1, self.cv2, self.m = stock.c, stock.cv1, stock.cv2, stock.m  # the stock parameter names
-        self.pst = PST(c2, c_up, c2, **(pst or {}))
+        with own_random_stream():  # every later layer then starts as the stock model's does at the same seed
+            self.pst = PST(c2, c_up, c2, **(pst or {}))
         nn.init.constant_(self.pst.cv2.bn.weight, residual_init)  # 0: the residual branch starts at exactly 0
         self.branch = check_flag(branch, "branch", "C3k2PST")
 

@@ -76,8 +76,12 @@ def test_control_starts_from_the_pst_models_initialisation(data, tmp_path, pst):
         assert not_shared == ["13", "16"]  # the two rows the paper's PST replaces
         # those layers are the stock model's own seeded initialisation
         assert all(torch.equal(state[k], stock[k]) for k in state if k.split(".")[1] in ("13", "16"))
-    assert not all(torch.equal(state[k], stock[k]) for k in shared if k.split(".")[1] in ("17", "19")), \
-        "layers built after the PST must carry the PST model's initialisation, not stock's"
+    after = [k for k in shared if k.split(".")[1] in ("17", "19")]
+    if pst.endswith("-res.yaml"):  # the branch draws from its own stream: the whole control is the stock model's
+        assert all(torch.equal(state[k], stock[k]) for k in state)
+    else:
+        assert not all(torch.equal(state[k], stock[k]) for k in after), \
+            "layers built after the PST must carry the PST model's initialisation, not stock's"
 
 
 @pytest.mark.slow
@@ -99,15 +103,27 @@ def test_stock_yolo_train_starts_from_the_saved_initial_weights(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_with_control_prints_the_paired_table(data, tmp_path):
+def test_compare_on_the_fine_tuning_path_with_control_prints_the_paired_table(data, tmp_path):
+    """``pretrain=<data>``: one stock checkpoint trained once, every arm ``pretrained=`` it; the control starts from
+    the fine-tuned PST model's real start (the stock checkpoint's tensors plus what the PST model draws anew)."""
+    source = make_detection_dataset(tmp_path / "source", n_train=4, n_val=2, imgsz=64, seed=7)
     result = compare(["yolo11n.yaml", "yolo11n-pst-res.yaml"], data, epochs=1, imgsz=64, batch=2, seeds=[0, 1],
-                     ks=[0], out=tmp_path / "cmp", control=True)
+                     ks=[0], out=tmp_path / "cmp", control=True, pretrain=source, pretrain_epochs=1)
     assert result["models"] == ["yolo11n", "yolo11n-pst-res", "yolo11n-pst-res-control"]
     assert result["baseline"] == "yolo11n"
     assert len(result["runs"]) == 6
+    start = tmp_path / "cmp" / "pretrain" / "yolo11n-source" / "weights" / "last.pt"
+    assert result["settings"]["pretrained"] == str(start) and start.is_file()
     controls = [r for r in result["runs"] if r["label"].endswith("-control")]
     assert all(r["extra"]["pretrained"].endswith(f"yolo11n-pst-res-control-s{r['seed']}.pt") for r in controls)
+    stock = torch.load(start, weights_only=False)["model"].float().state_dict()
+    for r in controls:  # every stock tensor of the start is in the control's initial weights (BN statistics too)
+        init = torch.load(r["extra"]["pretrained"], weights_only=False)["model"].float().state_dict()
+        for name in shared_tensors(stock, init):
+            torch.testing.assert_close(init[name], stock[name], rtol=0, atol=0, msg=name)
+        assert len(shared_tensors(stock, init)) == len(stock)
     table = paired_table(result)
     assert "| yolo11n-pst-res | off (k=0) | 0 |" in table and "| yolo11n-pst-res | off (k=0) | 1 |" in table
-    assert "seeds for a 2% effect" in table
+    assert "seeds for a 2% effect" in table and "PST / control" in table and "worst" in table
     assert table in (tmp_path / "cmp" / "table.md").read_text()
+    assert "pretrain=" in (tmp_path / "cmp" / "table.md").read_text()

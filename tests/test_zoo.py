@@ -270,6 +270,37 @@ def test_recommended_model_starts_as_the_stock_model_it_extends(family):
     assert pst.cv2.bn.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["yolo11n-pst-res.yaml", "yolo26n-pst-res.yaml", "yolo11n-seg-pst-res.yaml"])
+def test_recommended_model_draws_the_stock_models_initialisation_at_the_same_seed(name):
+    """Built at the same seed, a residual-PST model's stock tensors are the stock model's, bit for bit, with the class
+    count of a new data set too (the head convs ``pretrained=`` re-draws on the fine-tuning path): its branch draws from
+    a stream of its own, so adding it re-draws nothing (PST against stock is paired by construction). The branch's own
+    weights still depend on the seed."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    from pst_yolo.control import control_base
+    from pst_yolo.modules import C3k2PST
+
+    task_model = {"segment": "SegmentationModel", "detect": "DetectionModel"}
+    import ultralytics.nn.tasks as tasks
+
+    cls = getattr(tasks, task_model["segment" if "-seg" in name else "detect"])
+    branch = {}
+    for seed, nc in ((0, 5), (1, 5), (0, 80)):
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.manual_seed(seed)
+            stock = cls(control_base(name), nc=nc, verbose=False).state_dict()
+            torch.manual_seed(seed)
+            res = cls(name, nc=nc, verbose=False)
+        state = res.state_dict()
+        assert set(stock) <= set(state)
+        different = [k for k, v in stock.items() if not torch.equal(state[k], v)]
+        assert not different, f"{name} seed {seed} nc {nc}: {different[:5]}"
+        branch[seed, nc] = next(m for m in res.modules() if isinstance(m, C3k2PST)).pst.cv1.conv.weight.clone()
+    assert not torch.equal(branch[0, 5], branch[1, 5])  # the branch's stream follows the seed
+    assert torch.equal(branch[0, 5], branch[0, 80])  # and nothing after it
+
+
 def test_c3k2pst_residual_init_from_yaml_and_bad_values_name_the_layer():
     """``residual_init`` in a C3k2PST row's dict sets the starting weight of the residual PST's output BatchNorm (the
     study's "alive branch" probe); the other keys of the dict stay PST args; bad values are errors naming the row."""

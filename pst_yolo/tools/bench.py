@@ -51,7 +51,7 @@ MODELS = [  # label, yaml, topk (None = stock model), score strategy (pst_yolo.s
 # Rows whose PST layers use another fusion than their YAML's (``pst_yolo.runtime.set_fusion``; ``PST_FUSION`` in children).
 FUSION_OF = {"yolo11n-pst k=8 add": "add"}
 # The deployment targets, checked on every run that measures them: (what, engine, size, numerator label, denominator
-# label, limit). Engines: "onnx" / "openvino" latency, "onnx-mem" onnxruntime peak memory. The joint fusion keeps its
+# label, limit). Engines: "pytorch" / "onnx" / "openvino" latency, "onnx-mem" onnxruntime peak memory. The joint fusion keeps its
 # exact second pass (issue #46's decision): k=8 / k=0 <= 1.20 for the paper's layout, <= 1.05 for the recommended
 # model; the additive fusion stays the named latency form.
 TARGETS = [
@@ -65,6 +65,13 @@ TARGETS = [
     ("onnxruntime latency, k=8 / k=0 (add)", "onnx", 640, "yolo11n-pst k=8 add", "yolo11n-pst k=0", 1.10),
     ("OpenVINO latency, k=8 / k=0 (add)", "openvino", 640, "yolo11n-pst k=8 add", "yolo11n-pst k=0", 1.10),
     ("onnxruntime latency, PST k=8 / stock", "onnx", 640, "yolo11n-pst k=8", "yolo11n", 1.15),
+    # PyTorch eager, where `yolo val` / `yolo predict` and the end-of-training fine choice run (issue #47)
+    ("PyTorch eager latency, k=8 / k=0 (joint, paper layout)", "pytorch", 640, "yolo11n-pst k=8", "yolo11n-pst k=0",
+     1.10),
+    ("PyTorch eager latency, PST k=8 / stock (paper layout)", "pytorch", 640, "yolo11n-pst k=8", "yolo11n", 1.25),
+    ("PyTorch eager latency, k=8 / k=0 (recommended)", "pytorch", 640, "yolo11n-pst-res k=8", "yolo11n-pst-res k=0",
+     1.05),
+    ("PyTorch eager latency, PST k=8 / stock (recommended)", "pytorch", 640, "yolo11n-pst-res k=8", "yolo11n", 1.10),
 ]
 # A progress line at least this often (seconds) while a table is measured: a six-model run at 640 px otherwise printed
 # nothing for minutes between its settings header and its first table.
@@ -290,13 +297,16 @@ def fmt_ratio(a, b):
     return "" if a is None or not b else f"{a / b:.2f}"
 
 
-def latency_table(rows):
+def latency_table(rows, flops=None):
+    """Latency per model and size in each engine, with its ratios to stock and to k=0; ``flops``
+    ({(label, size): GFLOPs}) adds what the FLOP counter says those ratios would be if time followed FLOPs."""
     d = {(lab, s): r for lab, s, *r in rows}
+    flops = flops or {}
     ms = lambda v: "" if v is None else f"{v * 1e3:.1f}"  # noqa: E731
     out = [
         "| model | size | PyTorch ms | vs stock | vs k=0 | onnxruntime ms | vs stock | vs k=0 | OpenVINO ms | vs stock "
-        "| vs k=0 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs k=0 | GFLOPs | FLOPs vs stock | FLOPs vs k=0 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lab, s, *r in rows:
         st = d.get((stock_of(lab), s), (None,) * 3)
@@ -304,8 +314,19 @@ def latency_table(rows):
         cells = []
         for i in range(3):
             cells += [ms(r[i]), fmt_ratio(r[i], st[i]) if "-pst" in lab else "", fmt_ratio(r[i], k0[i])]
+        f = flops.get((lab, s))
+        cells += ["" if f is None else f"{f:.2f}",
+                  fmt_ratio(f, flops.get((stock_of(lab), s))) if "-pst" in lab else "",
+                  fmt_ratio(f, flops.get((k0_of(lab), s))) if k0_of(lab) else ""]
         out.append(f"| {lab} | {s} | " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def flop_counts(models: dict, sizes) -> dict:
+    """GFLOPs of one forward per (model label, size), from torch's FLOP counter (pst_yolo.tools.models.full_gflops)."""
+    from pst_yolo.tools.models import full_gflops
+
+    return {(label, s): full_gflops(m, s, None) for label, m in models.items() for s in sizes}
 
 
 # ------------------------------------------------------------------------------------------------- ops and syncs
@@ -413,8 +434,8 @@ def memory_table(rows):
 def targets_table(rows, mem_rows) -> str:
     """Each of ``TARGETS`` this run measured: the ratio, its limit, and whether it is met (misses named under it)."""
     values = {}
-    for lab, s, _pt, ox, ov in rows:
-        values[("onnx", s, lab)], values[("openvino", s, lab)] = ox, ov
+    for lab, s, pt, ox, ov in rows:
+        values[("pytorch", s, lab)], values[("onnx", s, lab)], values[("openvino", s, lab)] = pt, ox, ov
     for lab, s, _pt, ox in mem_rows:
         values[("onnx-mem", s, lab)] = ox
     out = ["| target | size | measured | limit | met |", "|---|---:|---:|---:|---|"]
@@ -597,7 +618,9 @@ def main(argv=None):
         print("## Ops and host syncs per eval forward (torch.profiler, CPU)\n\n" + op_counts(args, models, labels_yaml)
               + "\n")
     rows, onnx_paths = latency(args, models, labels_yaml, notes)
-    print("## Inference latency (median, batch 1, CPU)\n\n" + latency_table(rows) + "\n")
+    say("FLOP counts")
+    print("## Inference latency (median, batch 1, CPU)\n\n" + latency_table(rows, flop_counts(models, args.sizes))
+          + "\n")
     mem_rows = []
     if not args.no_memory:
         mem_rows = memory(args, labels_yaml, onnx_paths, notes)

@@ -4,6 +4,8 @@
     pst-yolo compare yolo11n.yaml yolo11n-pst-res.yaml data=my.yaml epochs=100 seeds=0,1 jobs=2
     pst-yolo compare yolo11n.yaml yolo11n-pst.yaml data=my.yaml imgsz=640 device=0 close_mosaic=10  # any yolo train arg
     pst-yolo compare yolo11n.yaml yolo11n-pst-res.yaml --control seeds=0,1,2   # + init-matched control, paired table
+    pst-yolo compare yolo11n.yaml yolo11n-pst-res.yaml --control --pretrain clutter/data.yaml data=photos/data.yaml
+                                                  # fine-tuning: every arm from one stock checkpoint trained on clutter
     pst-yolo compare --summarize demo=runs/cmp-demo photos=runs/cmp-photos    # finished comparisons side by side
     pst-yolo compare --summarize demo=runs/seeds012,runs/seeds345            # separate runs of one set, merged
 
@@ -45,6 +47,11 @@ def parser():
                          "initial weights, seed by seed) and a paired table")
     ap.add_argument("--control-only", action="store_true",
                     help="train only those controls (the PST and stock runs are in other folders: --summarize merges)")
+    ap.add_argument("--pretrain", default=None, metavar="DATA.yaml|STOCK.pt",
+                    help="the fine-tuning path: every arm (controls too) starts from one stock checkpoint, trained "
+                         "once here on this data YAML (into <out>/pretrain) or given as a .pt")
+    ap.add_argument("--pretrain-epochs", type=int, default=None, help="epochs of that stock training (default: "
+                                                                      "--epochs)")
     ap.add_argument("--out", default="runs/compare")
     return ap
 
@@ -84,7 +91,8 @@ def main(argv=None):
     ks = [k for group in args.k for k in group]
     try:
         result = compare(models, args.data, args.epochs, args.imgsz, args.batch, seeds, ks, args.out, args.jobs,
-                         args.device, args.weights, not args.fresh, args.val_data, control="only" if args.control_only else args.control, **train)
+                         args.device, args.weights, not args.fresh, args.val_data, control="only" if args.control_only else args.control,
+                         pretrain=args.pretrain, pretrain_epochs=args.pretrain_epochs, **train)
     except ValueError as e:  # other arguments into an existing comparison, a bad model list, ...
         ap.error(str(e))
     print(markdown_table(result))
