@@ -43,11 +43,6 @@ STRATEGIES = ("auto", "chunked", "lse", "reference")
 # stays flat as the image grows, and on CPU the chunk stays in L2 cache: measured on 1 thread at the P3 level of a
 # 640 px image, 2**17 ran the fused pass in 47 ms vs 85 ms for 2**20 (SDPA's output alone: 41 ms).
 SCORE_BUDGET = 1 << 17
-# The bound for a pass that yields the scores alone (the ``joint`` fusion at k > 0, whose output comes from its own pass):
-# with no P @ V per chunk the pass is bound by op dispatch and the softmax, and larger chunks win. Measured side by side
-# at the P3 level of a 640 px image (1 head, 6400 queries, 1600 keys): 2**17 11.4 ms, 2**20 8.3 ms on 2 threads
-# (37 vs 30 ms on 1); 4 MiB of fp32 logits, flat at any image size.
-SCORES_ONLY_BUDGET = 1 << 20
 # The same bound in an unrolled static-shape export: every chunk is a handful of graph nodes, so chunks are larger
 # there (16 MiB of fp32 logits; at 1280 px the P3 level is 40 chunks, at 640 px 3) to keep the graph small.
 EXPORT_BUDGET = 1 << 22
@@ -153,8 +148,7 @@ def coarse_attention(q, k, v, scale: float, backend: str | None = None, strategy
     if how == "export":
         rows = export_rows(q, k.shape[-2])
     else:
-        rows = chunk_rows(q, k.shape[-2], "auto" if how == "chunked" else None,
-                          None if output else SCORES_ONLY_BUDGET)
+        rows = chunk_rows(q, k.shape[-2], "auto" if how == "chunked" else None)
     return explicit_attention(q, k, v if output else None, scale, rows, scores)
 
 
