@@ -196,8 +196,7 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
                 run.extra = {"pretrained": str(init)}
             runs.append(run)
     jobs = max(1, min(int(jobs), len(runs)))
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), "YOLO_OFFLINE": "1",
-           "YOLO_AUTOINSTALL": "False"}
+    env = training_env(jobs)
     progress.say(f"{len(runs)} training run(s), {jobs} at a time, {epochs} epochs each, into {out}")
     if not reuse:
         for run in runs:
@@ -237,6 +236,12 @@ def compare(models, data=None, epochs=25, imgsz=128, batch=16, seeds=(0,), ks=(0
 MANIFEST = "compare.json"
 
 
+def training_env(jobs: int) -> dict:
+    """Environment of each ``yolo train`` child: the cores shared between ``jobs`` trainings, offline."""
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), "YOLO_OFFLINE": "1",
+            "YOLO_AUTOINSTALL": "False"}
+
+
 def arm_settings(settings: dict) -> dict:
     """The ``yolo train`` arguments of an arm: the comparison's settings less its own bookkeeping (``pretrain``)."""
     return {k: v for k, v in settings.items() if k != "pretrain"}
@@ -262,7 +267,7 @@ def shared_start(models: list, source, epochs: int, settings: dict, out: Path, p
     project = out.resolve() / "pretrain"
     run_dir = project / name
     train = {**{k: v for k, v in settings.items() if k != "pretrained"}, "epochs": epochs}
-    env = {"OMP_NUM_THREADS": str(os.cpu_count() or 1), "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
+    env = training_env(1)
     progress.say(f"the shared start: {label_of(stock)} trained {epochs} epochs on {source} (seed 0), once")
     project.mkdir(parents=True, exist_ok=True)
     run_jobs([Job(f"pretrain {name}", train_command(stock, str(source.resolve()), 0, train, project, name), run_dir,

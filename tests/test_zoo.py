@@ -276,15 +276,12 @@ def test_recommended_model_draws_the_stock_models_initialisation_at_the_same_see
     count of a new data set too (the head convs ``pretrained=`` re-draws on the fine-tuning path): its branch draws from
     a stream of its own, so adding it re-draws nothing (PST against stock is paired by construction). The branch's own
     weights still depend on the seed."""
-    from ultralytics.nn.tasks import yaml_model_load
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 
     from pst_yolo.control import control_base
     from pst_yolo.modules import C3k2PST
 
-    task_model = {"segment": "SegmentationModel", "detect": "DetectionModel"}
-    import ultralytics.nn.tasks as tasks
-
-    cls = getattr(tasks, task_model["segment" if "-seg" in name else "detect"])
+    cls = SegmentationModel if "-seg" in name else DetectionModel
     branch = {}
     for seed, nc in ((0, 5), (1, 5), (0, 80)):
         with contextlib.redirect_stdout(io.StringIO()):
