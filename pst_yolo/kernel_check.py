@@ -250,7 +250,7 @@ def run(kernels=("sage", "flash"), layouts=LAYOUTS, sizes=SIZES, dtypes=(torch.f
                     rows.append(check_case(kernel, shape, dtype, direct=direct))
                     if progress:
                         progress(rows[-1])
-            for shape in (cases[0], cases[-1]):
+            for shape in (cases[0], cases[-1]) if cases else ():
                 rows.append(check_case(kernel, shape, dtype, same_keys=True))
                 if progress:
                     progress(rows[-1])
@@ -273,7 +273,6 @@ def model_agreement(model: str = "yolo11n-pst.yaml", kernel: str = "sage", imgsz
     import numpy as np
     from ultralytics import YOLO
 
-    from pst_yolo import attention as A
     from pst_yolo.data.photos import _photo_image
     from pst_yolo.runtime import set_topk
     from pst_yolo.training import pst_attention
@@ -301,22 +300,13 @@ def model_agreement(model: str = "yolo11n-pst.yaml", kernel: str = "sage", imgsz
         set_topk(net, k)
         outs, served, layers = {}, {}, {}
         for name in ("reference", kernel):
-            counts = served.setdefault(name, {})
-            choose = A.choose_kernel
-
-            def counting(*args, _choose=choose, _counts=counts, **kwargs):
-                chosen = _choose(*args, **kwargs)
-                _counts[chosen] = _counts.get(chosen, 0) + 1
-                return chosen
-
-            A.set_backend(name)
-            A.choose_kernel = counting
+            undo = _counting_backend(name, served.setdefault(name, {}))
             layer_outs.clear()
             try:
                 with torch.no_grad():
                     y = net(as_cuda(x) if name == kernel else x)
             finally:
-                A.choose_kernel, _ = choose, A.set_backend(None)
+                undo()
             y = y[0] if isinstance(y, (list, tuple)) else y
             outs[name] = y.as_subclass(torch.Tensor).double().cpu()
             layers[name] = torch.cat(layer_outs)
@@ -329,6 +319,106 @@ def model_agreement(model: str = "yolo11n-pst.yaml", kernel: str = "sage", imgsz
                          corr=float(torch.corrcoef(torch.stack([a, b]))[0, 1]),
                          max_rel=float((a - b).abs().max() / a.abs().max()),
                          max_score_diff=float((scores_a - scores_b).abs().max()), served=served[kernel]))
+    return rows
+
+
+def _counting_backend(name: str, counts: dict, when=None):
+    """Select backend ``name`` and count the kernels ``choose_kernel`` picks into ``counts`` (only while ``when()``
+    holds, if given); returns the undo."""
+    from pst_yolo import attention as A
+
+    choose = A.choose_kernel
+
+    def counting(*args, **kwargs):
+        chosen = choose(*args, **kwargs)
+        if when is None or when():
+            counts[chosen] = counts.get(chosen, 0) + 1
+        return chosen
+
+    A.set_backend(name)
+    A.choose_kernel = counting
+
+    def undo():
+        A.choose_kernel = choose
+        A.set_backend(None)
+
+    return undo
+
+
+def _validate(weights, data, name: str, k: int, imgsz: int, batch: int, dtype) -> dict:
+    """One validation of ``weights`` by Ultralytics' validator with attention backend ``name`` at top-k ``k`` (a kernel
+    other than ``reference``: the PSA layers in ``dtype`` on reported-CUDA tensors). Returns its mAPs, raw outputs,
+    batch sizes and the kernels that served its batches."""
+    from ultralytics import YOLO
+
+    from pst_yolo.runtime import set_topk
+    from pst_yolo.training import pst_attention
+
+    model = YOLO(str(weights))
+    outs, counts, sizes, hooks, state = [], {}, set(), [], {"real": False}
+    if name != "reference":
+        def to_kernel(m, args):
+            m.to(dtype)  # the validator casts the whole model to float32 after these hooks are set
+            return tuple(as_cuda(t.to(dtype)) for t in args)
+
+        for m in pst_attention(model.model):
+            hooks.append(m.register_forward_pre_hook(to_kernel))
+            hooks.append(m.register_forward_hook(lambda m, args, out: out.as_subclass(torch.Tensor).float()))
+    # only the validator's batches: not its warm-up (uninitialised memory) nor the layers' stride probes
+    model.add_callback("on_val_batch_start", lambda v: state.update(real=True))
+    model.add_callback("on_val_batch_end", lambda v: state.update(real=False))
+
+    def batch_in(m, args):
+        if state["real"]:
+            sizes.add(tuple(args[0].shape[-2:]))
+
+    def head_out(m, args, out):
+        if state["real"]:
+            outs.append((out[0] if isinstance(out, (list, tuple)) else out).detach().double())
+
+    hooks.append(model.model.register_forward_pre_hook(batch_in))
+    hooks.append(model.model.model[-1].register_forward_hook(head_out))
+    set_topk(model.model, k)
+    undo = _counting_backend(name, counts, when=lambda: state["real"])
+    try:
+        # the validator letterboxes square images to imgsz + 32 (rect batches, half a stride of padding)
+        res = model.val(data=str(data), imgsz=imgsz - 32, batch=batch, device="cpu", plots=False, verbose=False,
+                        workers=0)
+    finally:
+        undo()
+        for h in hooks:
+            h.remove()
+    raw = torch.cat([o.flatten() for o in outs])
+    if not torch.isfinite(raw).all():
+        raise FloatingPointError(f"pst_yolo.kernel_check: {(~torch.isfinite(raw)).sum()} non-finite raw outputs "
+                                 f"validating {weights} at k={k} with {name!r}")
+    return dict(map=float(res.box.map), map50=float(res.box.map50), raw=raw, sizes=sorted(sizes), served=counts)
+
+
+def val_agreement(weights, data, kernels=("sage",), imgsz: int = 256, batch: int = 8, dtype=torch.float16,
+                  ks=(0, 8)) -> list:
+    """A trained checkpoint validated by Ultralytics' own validator per k with each of ``kernels``
+    (``PST_ATTN=<kernel>``, its PSA layers in ``dtype`` on reported-CUDA tensors) and once with the float32
+    ``reference`` kernel. The stock layers around the PSA layers run in float32 on the CPU every time (a CPU has no fast float16
+    convolutions), so a difference is the kernel's and that of the half precision it needs.
+
+    ``imgsz`` picks the coarse key counts: at 256 px every coarse key count of the shipped layouts is a multiple of 64
+    (P4 16 x 16, P5 8 x 8), so SageAttention serves every coarse pass at k=0; the ``served`` counts say what ran.
+
+    Returns one row per (kernel, k): mAP50-95 and mAP50 with the kernel and with ``reference``, the correlation and
+    largest relative difference of the raw outputs over every validation image, and the kernels that served.
+    """
+    rows = []
+    for k in ks:
+        ref = _validate(weights, data, "reference", k, imgsz, batch, dtype)
+        for kernel in kernels:
+            got = _validate(weights, data, kernel, k, imgsz, batch, dtype)
+            a, b = ref["raw"], got["raw"]
+            rows.append(dict(weights=str(weights), kernel=kernel, k=k, imgsz=got["sizes"],
+                             dtype=str(dtype).replace("torch.", ""), map_reference=ref["map"], map_kernel=got["map"],
+                             map50_reference=ref["map50"], map50_kernel=got["map50"],
+                             corr=float(torch.corrcoef(torch.stack([a, b]))[0, 1]),
+                             max_rel=float((a - b).abs().max() / a.abs().max()), served=got["served"]))
     return rows
 
 
@@ -351,11 +441,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pst_yolo.kernel_check", description=__doc__.split("\n")[0])
     ap.add_argument("--kernels", nargs="+", default=["sage", "flash"], choices=["sage", "flash"])
     ap.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"])
-    ap.add_argument("--layouts", nargs="+", default=list(LAYOUTS))
+    ap.add_argument("--layouts", nargs="*", default=list(LAYOUTS), help="(none: skip the shape checks)")
     ap.add_argument("--sizes", nargs="+", type=int, default=None, metavar="PX",
                     help="square input sizes (default: 128 160 320 640 1280 and 480x352)")
     ap.add_argument("--model", default="yolo11n-pst.yaml",
                     help="the whole model checked with each kernel against 'reference' ('' skips it)")
+    ap.add_argument("--weights", default=None,
+                    help="a trained checkpoint validated with each kernel and with 'reference' (needs --data)")
+    ap.add_argument("--data", default=None, help="the data YAML --weights is validated on")
+    ap.add_argument("--val-imgsz", type=int, default=256,
+                    help="validation size of --weights (256: every coarse key count a multiple of 64)")
+    ap.add_argument("--val-ks", nargs="+", type=int, default=[0, 8], help="the top-k values --weights is validated at")
     ap.add_argument("--json", action="store_true", help="print one JSON line (the report) at the end")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() and any(os.environ.get(k) != v for k, v in INTERPRETER_ENV.items()):
@@ -384,6 +480,19 @@ def main(argv=None) -> int:
                 print(f"{kernel:5} whole {row['model']} at k={row['k']}, {row['imgsz']} px, {row['dtype']}: PSA outputs "
                       f"correlate {row['psa_corr']:.7f} with 'reference' (largest difference {row['psa_max_rel']:.1e} "
                       f"of the largest output), raw outputs {row['corr']:.7f}; served by {row['served']}", flush=True)
+    report["val"] = []
+    if args.weights:
+        if not args.data:
+            ap.error("--weights needs --data (the data YAML to validate on)")
+        kernels = tuple(kn for kn in args.kernels if kn not in report["missing"])
+        for row in val_agreement(args.weights, args.data, kernels, imgsz=args.val_imgsz, ks=tuple(args.val_ks)):
+            report["val"].append(row)
+            if not args.json:
+                print(f"{row['kernel']:5} {row['weights']} validated at k={row['k']}, {row['imgsz']} px, PSA in "
+                      f"{row['dtype']}: mAP50-95 {row['map_kernel']:.4f} ('reference' {row['map_reference']:.4f}, "
+                      f"difference {row['map_kernel'] - row['map_reference']:+.4f}), raw outputs correlate "
+                      f"{row['corr']:.7f} (largest difference {row['max_rel']:.1e}); served by {row['served']}",
+                      flush=True)
     if args.json:
         print(json.dumps(report))
     for kernel, why in report["missing"].items():

@@ -101,3 +101,72 @@ class Progress:
         for run in self.runs.values():
             if run["bar"] is not None and not run["bar"].disable:
                 run["bar"].close()
+
+
+class _Watched:
+    """A text stream that notes when it was last written to (the rest goes to the stream it wraps)."""
+
+    def __init__(self, stream, watch):
+        self._stream, self._watch = stream, watch
+
+    def write(self, text):
+        n = self._stream.write(text)
+        if text:
+            self._watch.seen(text)
+            if "\n" in text:  # a pipe is block-buffered: what was said must also reach the reader
+                self._stream.flush()
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+class Watchdog:
+    """Never silent for long: while a command runs, a line ``<what>: still working (m:ss in; last: ...)`` goes to
+    stderr whenever ``quiet`` seconds pass without anything written to ``sys.stdout`` or ``sys.stderr``.
+
+    The commands say what they do step by step; this is the net under the steps that take long with nothing to say
+    (an export or a validation in a subprocess whose output is captured, a long kernel check), so a log or a CI job
+    never waits minutes without knowing the command is alive (``pst-yolo <command>`` runs every command under it).
+
+    Example:
+        >>> with Watchdog("pst-yolo bench"):
+        ...     run_the_command()
+    """
+
+    def __init__(self, what: str, quiet: float = 20.0, poll: float = 1.0):
+        import threading
+
+        self.what, self.quiet, self.poll = what, float(quiet), float(poll)
+        self.last, self.last_text, self.start = time.monotonic(), "", time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pst-yolo-watchdog", daemon=True)
+
+    def seen(self, text: str) -> None:
+        self.last = time.monotonic()
+        line = text.strip().splitlines()[-1] if text.strip() else ""
+        if line:
+            self.last_text = line
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll):
+            now = time.monotonic()
+            if now - self.last >= self.quiet:
+                last = self.last_text if len(self.last_text) <= 100 else self.last_text[:97] + "..."
+                self._stderr.write(f"{self.what}: still working ({clock(now - self.start)} in"
+                                   + (f"; last: {last})\n" if last else ")\n"))
+                self._stderr.flush()
+                self.last = now
+
+    def __enter__(self):
+        self._saved = sys.stdout, sys.stderr
+        self._stderr = sys.stderr
+        sys.stdout, sys.stderr = _Watched(sys.stdout, self), _Watched(sys.stderr, self)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        sys.stdout, sys.stderr = self._saved
+        return False

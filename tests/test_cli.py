@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from _watched import run_watched  # noqa: E402  (tests/ is on sys.path under pytest)
+from pst_yolo.progress import Watchdog
 from pst_yolo.runner import entry_point
 from pst_yolo.tools.cli import COMMANDS, as_options
 
@@ -33,7 +35,11 @@ def test_help_lists_every_command():
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_has_help(name):
-    p = _cli(name, "--help", timeout=120)
+    """Through its module (``python -m pst_yolo.tools.<module>``), which is ``pst-yolo <command>``, watchdog included."""
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", f"pst_yolo.tools.{COMMANDS[name][0]}", "--help"], capture_output=True,
+                       text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.startswith(f"usage: pst-yolo {name}"), p.stdout[:200]
 
@@ -66,9 +72,8 @@ def _epoch_lines(out: str) -> dict:
 
 @pytest.mark.slow
 def test_compare_prints_a_line_per_epoch_when_captured(data, tmp_path):
-    p = _cli("compare", "yolo11n.yaml", "yolo11n-pst-res.yaml", f"data={data}", "epochs=2", "imgsz=64", "batch=4",
-             "jobs=2", "mosaic=0", "--out", str(tmp_path / "cmp"), cwd=tmp_path)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    p = run_watched([PST_YOLO, "compare", "yolo11n.yaml", "yolo11n-pst-res.yaml", f"data={data}", "epochs=2", "imgsz=64",
+                     "batch=4", "jobs=2", "mosaic=0", "--out", tmp_path / "cmp"], cwd=tmp_path).check()
     assert "\r" not in p.stdout and "\x1b[" not in p.stdout.split("| model")[0]  # plain lines, no redraws
     assert _epoch_lines(p.stdout) == {"yolo11n s0": [(1, 2), (2, 2)], "yolo11n-pst-res s0": [(1, 2), (2, 2)]}
     assert p.stdout.splitlines()[0].startswith("pst-yolo compare: 2 training run(s), 2 at a time")
@@ -180,31 +185,30 @@ def test_progress_draws_bars_on_a_terminal():
     assert "mAP50-95 0.2" in text and "demo: done" in text
 
 
-def _longest_silence(cmd, cwd, timeout=900) -> tuple[float, str]:
-    """Run ``cmd`` (stdout and stderr together) and return the longest time between two lines it printed, and all of
-    it; fails if it fails."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, bufsize=1)
-    lines, last, longest, deadline = [], time.monotonic(), 0.0, time.monotonic() + timeout
-    for line in proc.stdout:
-        now = time.monotonic()
-        longest, last = max(longest, now - last), now
-        lines.append(line)
-        assert now < deadline, "".join(lines)[-3000:]
-    assert proc.wait(timeout=60) == 0, "".join(lines)[-3000:]
-    return max(longest, time.monotonic() - last), "".join(lines)
-
-
 @pytest.mark.slow
 def test_bench_reports_as_it_goes(tmp_path):
     """``pst-yolo bench`` says what it builds, exports and times (a line at least every 20 s while it times), never
     silent for 30 s; the Targets table uses the limits the project decided."""
-    silence, out = _longest_silence(
+    out = run_watched(
         [PST_YOLO, "bench", "--quick", "--models", "yolo11n", "yolo11n-pst k=0", "yolo11n-pst k=8", "--no-openvino",
-         "--no-memory", "--no-train", "--no-psa", "--threads", "1", "--workdir", str(tmp_path / "w")], tmp_path)
-    assert silence < 30, out[-3000:]
+         "--no-memory", "--no-train", "--no-psa", "--threads", "1", "--workdir", str(tmp_path / "w")], tmp_path
+    ).check().out
     for line in ("pst-yolo bench: building yolo11n-pst k=8", "pst-yolo bench: PyTorch 320 px: timing 3 models",
                  "pst-yolo bench: onnxruntime 320 px: exporting yolo11n-pst k=8",
                  "pst-yolo bench: onnxruntime 320 px: timing 3 models"):
         assert line in out, out[-3000:]
     assert "| onnxruntime latency, k=8 / k=0 (joint, paper layout) | 640 | not measured | 1.20 |" in out
     assert "| onnxruntime latency, k=8 / k=0 (joint, recommended) | 640 | not measured | 1.05 |" in out
+
+
+def test_watchdog_speaks_when_a_command_is_quiet(capsys):
+    """The net under every ``pst-yolo`` command (tests above and in the commands' own modules hold each below 30 s):
+    a "still working" line with the last thing said, whenever nothing was written for ``quiet`` seconds."""
+    with Watchdog("pst-yolo x", quiet=0.3, poll=0.05):
+        print("exporting yolo11n-pst ...")
+        time.sleep(1.0)
+        print("exported")
+        time.sleep(0.1)  # under quiet: nothing more
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) >= 2 and all(e.startswith("pst-yolo x: still working (0:0") for e in err), err
+    assert all(e.endswith("last: exporting yolo11n-pst ...)") for e in err), err

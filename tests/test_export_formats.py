@@ -24,6 +24,7 @@ import ultralytics.nn.tasks  # noqa: F401  (Ultralytics first: start-up hook ord
 import torch  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 
+from _watched import run_watched  # noqa: E402  (tests/ is on sys.path under pytest)
 from pst_yolo.compare import yolo_command  # noqa: E402
 from pst_yolo.data import make_detection_dataset  # noqa: E402
 from pst_yolo.export import exported_op_counts  # noqa: E402
@@ -247,10 +248,9 @@ def test_export_matrix_int8_rows(trained, tmp_path):
 
     ckpt, _, data, _ = trained
     out = tmp_path / "matrix"
-    p = subprocess.run([sys.executable, "-m", "pst_yolo.tools.export_matrix", "--stock", str(ckpt), "--pst", str(ckpt),
-                        "--data", str(data), "--imgsz", str(IMGSZ), "--formats", "onnx", "--int8", "--out", str(out)],
-                       capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    run_watched([sys.executable, "-m", "pst_yolo.tools.export_matrix", "--stock", ckpt, "--pst", ckpt, "--data", data,
+                 "--imgsz", IMGSZ, "--formats", "onnx", "--int8", "--out", out],
+                env={**os.environ, "OMP_NUM_THREADS": "1"}).check()  # never silent for 30 s (issue #46)
     rows = {r["model"]: r for r in json.loads((out / "matrix.json").read_text())["int8_rows"]}
     assert sorted(rows) == ["pst k=8", "stock"]
     for r in rows.values():

@@ -4,14 +4,13 @@ of each kind the check exists to catch, named by layer and op."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import torch
 import ultralytics.nn.tasks  # noqa: F401  (Ultralytics first; the start-up hook registers pst-yolo)
 
 from pst_yolo import fakecuda
 from pst_yolo.modules import PyramidSparseAttention
+from _watched import run_watched  # noqa: E402  (tests/ is on sys.path under pytest)
 from pst_yolo.runner import entry_point
 
 
@@ -20,10 +19,9 @@ def test_every_shipped_pst_model_is_device_clean_on_fake_cuda():
     """``pst-yolo fake-cuda``: 34 models x (eval in float32, float16, autocast fp16 and bf16, k / batch / size in
     rotation) + an AMP training step with the task's loss each; no problem anywhere, no host sync inside a PST layer,
     the stock ones counted apart."""
-    p = subprocess.run([entry_point("pst-yolo"), "fake-cuda", "--workers", "2", "--verbose", "--no-branches"],
-                       capture_output=True, text=True, timeout=900)  # the branch matrix: the tests below
-    out = p.stdout
-    assert p.returncode == 0, out[-4000:] + p.stderr[-3000:]
+    # the branch matrix: the tests below; never silent for 30 s (issue #46)
+    cmd = [entry_point("pst-yolo"), "fake-cuda", "--workers", "2", "--verbose", "--no-branches"]
+    out = run_watched(cmd).check().stdout
     assert out.rstrip().splitlines()[-1].startswith("pst-yolo fake-cuda: clean in")
     lines = [line for line in out.splitlines() if line.endswith("outside (stock) none") or "outside (stock)" in line]
     assert len(lines) == len(fakecuda.ZOO) * 5  # 4 dtype modes + 1 training step per model

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from _watched import run_watched  # noqa: E402  (tests/ is on sys.path under pytest)
 from pst_yolo.compare import yolo_command
 from pst_yolo.data import make_detection_dataset
 from pst_yolo.training import pst_attention, store_fine
@@ -167,6 +168,7 @@ def test_export_says_what_the_stored_fine_setting_buys(trained, tmp_path, k):
 def test_finecheck_prints_what_the_stored_setting_buys(trained):
     from pst_yolo.runner import entry_point
 
-    out = _run(entry_point("pst-yolo"), "finecheck", str(trained["weights"] / "last.pt"), "--data", str(trained["data"]), "--imgsz",
-               str(IMGSZ), "--fusions", "joint", "--batch", "8", cwd=trained["root"])
+    cmd = [entry_point("pst-yolo"), "finecheck", trained["weights"] / "last.pt", "--data", trained["data"], "--imgsz",
+           IMGSZ, "--fusions", "joint", "--batch", "8"]
+    out = run_watched(cmd, cwd=trained["root"]).check().out  # never silent for 30 s (issue #46)
     assert "| stored setting |" in out and "mAP50-95 over k=0 on validation" in out and "GFLOPs" in out, out[-3000:]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from _watched import run_watched  # noqa: E402  (tests/ is on sys.path under pytest)
 from pst_yolo.compare import yolo_command
 from pst_yolo.runner import entry_point
 
@@ -87,7 +88,8 @@ def test_stock_cli_and_main_job_stay_offline(audited, tmp_path):
     _run([yolo, "val", f"model={best}", f"data={data}", *common], env, tmp_path)
     _run([yolo, "predict", f"model={best}", f"source={data.parent / 'images' / 'val'}", *common], env, tmp_path)
     _run([yolo, "export", f"model={best}", "format=onnx", "imgsz=64"], env, tmp_path)
-    _run([entry_point("pst-yolo"), "demo", "--epochs", "1", "--n-train", "8", "--n-val", "4",
-          "--imgsz", "64", "--out", str(tmp_path / "demo")], env, tmp_path)
+    # the main job, never silent for 30 s either (issue #46)
+    run_watched([entry_point("pst-yolo"), "demo", "--epochs", "1", "--n-train", "8", "--n-val", "4", "--imgsz", "64",
+                 "--out", tmp_path / "demo"], cwd=tmp_path, env=env, timeout=600).check()
     assert (tmp_path / "demo" / "summary.md").is_file()
     assert not log.exists(), f"network attempts:\n{log.read_text()[:3000]}"

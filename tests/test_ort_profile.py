@@ -3,10 +3,9 @@ the PST layers' node time apart from the rest of the model."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
+from _watched import run_watched  # noqa: E402  (tests/ is on sys.path under pytest)
 from pst_yolo.runner import entry_point
 
 
@@ -15,8 +14,7 @@ def test_ort_profile_splits_pst_time_from_the_rest(tmp_path):
     pytest.importorskip("onnxruntime")
     cmd = [entry_point("pst-yolo"), "ort-profile", "yolo11n.yaml", "yolo11n-pst.yaml:8",
            "--imgsz", "64", "--runs", "2", "--warmup", "1", "--threads", "1", "--top", "100", "--workdir", str(tmp_path)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    p = run_watched(cmd, cwd=tmp_path, timeout=600).check()  # and never silent for 30 s (issue #46)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in p.stdout.splitlines() if line.startswith("| ") and line.count("|") == 4}
     assert rows[""] == ["yolo11n.yaml", "yolo11n-pst.yaml:8"]

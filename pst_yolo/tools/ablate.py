@@ -11,6 +11,7 @@ separate_kv. Prints one Markdown table; variant YAMLs, training runs, table.md a
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def parser():
@@ -40,5 +41,7 @@ def main(argv=None):
     print(open(f"{args.out}/table.md").read())
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the same as `pst-yolo ablate`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["ablate", *sys.argv[1:]]))

@@ -636,5 +636,7 @@ def main(argv=None):
         print("## Notes\n\n" + "\n".join(f"- {n}" for n in notes))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `pst-yolo bench`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["bench", *sys.argv[1:]]))

@@ -72,11 +72,13 @@ def main(argv=None) -> int:
     if name not in COMMANDS:
         print(f"pst-yolo: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"pst_yolo.tools.{COMMANDS[name][0]}")
+    from pst_yolo.progress import Watchdog
     from pst_yolo.runner import Interrupted
 
     try:
-        return module.main(as_options(rest, module.parser())) or 0
+        with Watchdog(f"pst-yolo {name}"):  # every command: never silent for long (its imports included)
+            module = importlib.import_module(f"pst_yolo.tools.{COMMANDS[name][0]}")
+            return module.main(as_options(rest, module.parser())) or 0
     except Interrupted as e:
         print(f"pst-yolo {name}: {e}", file=sys.stderr, flush=True)
         return 128 + e.signum

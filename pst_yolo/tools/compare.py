@@ -19,6 +19,7 @@ prints each baseline's seed spread and how many seeds per model a 3% difference 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def parser():
@@ -100,5 +101,7 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the same as `pst-yolo compare`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["compare", *sys.argv[1:]]))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -34,5 +35,7 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the same as `pst-yolo data`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["data", *sys.argv[1:]]))

@@ -13,6 +13,7 @@ the same command again resumes (finished trainings are reused).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -139,5 +140,7 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the same as `pst-yolo demo`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["demo", *sys.argv[1:]]))

@@ -458,5 +458,7 @@ def main(argv=None):
     print(text)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the same as `pst-yolo export-matrix`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["export-matrix", *sys.argv[1:]]))

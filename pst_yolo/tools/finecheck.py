@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def parser():
@@ -61,5 +62,7 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the same as `pst-yolo finecheck`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["finecheck", *sys.argv[1:]]))

@@ -617,5 +617,7 @@ def main(argv=None):
     return 1 if any(s["status"] == "FAILED" for s in res["sections"].values()) else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `pst-yolo gpu-check`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["gpu-check", *sys.argv[1:]]))

@@ -209,5 +209,7 @@ def main(argv=None):
         print(closed_form_report())
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the same as `pst-yolo models`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["models", *sys.argv[1:]]))

@@ -15,6 +15,7 @@ import argparse
 import collections
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -97,5 +98,7 @@ def main(argv=None):
             print(f"| {group}: {op} | " + " | ".join(f"{per[n].get(op, 0.0):.1f}" for n in names) + " |")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the same as `pst-yolo ort-profile`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["ort-profile", *sys.argv[1:]]))

@@ -10,6 +10,7 @@ Writes <out>/<image stem>.png and a .json sidecar with the selected fine positio
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def parser():
@@ -39,5 +40,7 @@ def main(argv=None):
         print(vis.path)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the same as `pst-yolo visualize`
+    from pst_yolo.tools.cli import main as cli
+
+    raise SystemExit(cli(["visualize", *sys.argv[1:]]))
