@@ -7,7 +7,6 @@ without the CUDA build (.ci/run: ``FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE pip inst
 flash-attn==2.8.3.post2 einops``), and its tests skip with that reason where it is missing.
 """
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -15,23 +14,20 @@ import pytest
 from pst_yolo import kernel_check
 
 pytestmark = pytest.mark.slow
-# The main job's paper-layout checkpoint (`pst-yolo demo`'s yolo11n-pst: 25 epochs at 128 px on the generated demo
-# set, seed 0; mAP50-95 0.174 at its stored k=0), validated on the first VAL_IMAGES images of the demo's validation set.
+# A paper-layout checkpoint trained as `pst-yolo demo` trains its yolo11n-pst (25 epochs at 128 px on the generated
+# demo set, seed 0; mAP50-95 0.174 at its stored k=0), validated on the first VAL_IMAGES images of the demo's
+# validation set.
 DEMO_CHECKPOINT = Path(__file__).parent / "data" / "yolo11n-pst-demo.pt"
 VAL_IMAGES = 8
 
 
-@functools.lru_cache(maxsize=None)
-def _report(root: Path) -> dict:  # once per process: pytest-xdist may set a module fixture up twice on one worker
-    from pst_yolo.data import make_detection_dataset
-
-    data = make_detection_dataset(root / "demo", n_train=256, n_val=VAL_IMAGES, imgsz=128)  # the demo's images
-    return kernel_check.in_subprocess(["--weights", str(DEMO_CHECKPOINT), "--data", str(data), "--val-ks", "0"])
-
-
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    return _report(tmp_path_factory.getbasetemp() / "kernels_executed")
+    from pst_yolo.data import make_detection_dataset
+
+    root = tmp_path_factory.mktemp("kernels_executed")
+    data = make_detection_dataset(root / "demo", n_train=256, n_val=VAL_IMAGES, imgsz=128)  # the demo's images
+    return kernel_check.in_subprocess(["--weights", str(DEMO_CHECKPOINT), "--data", str(data), "--val-ks", "0"])
 
 
 def _rows(report, **want):
