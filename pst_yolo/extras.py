@@ -18,6 +18,7 @@ EXTRAS = {
     "openvino": (("openvino", "openvino"), ("nncf", "nncf")),
     "flash": (("flash-attn", "flash_attn"),),
     "sage": (("sageattention", "sageattention"),),
+    "track": (("lap", "lap"),),
     "ncnn": (("ncnn", "ncnn"), ("pnnx", "pnnx")),
     "mnn": (("mnn", "MNN"), ("onnx", "onnx"), ("onnxslim", "onnxslim")),
     "coreml": (("coremltools", "coremltools"), ("numpy", "numpy"), ("cattrs", "cattrs")),
@@ -33,7 +34,7 @@ EXTRAS = {
     "paddle": (("paddlepaddle", "paddle"), ("x2paddle", "x2paddle"), ("six", "six")),
     "test": (
         ("pytest", "pytest"), ("pytest-xdist", "xdist"), ("hatchling", "hatchling"), ("hypothesis", "hypothesis"),
-        ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"), ("openvino", "openvino"),
+        ("lap", "lap"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"), ("openvino", "openvino"),
         ("nncf", "nncf"), ("ncnn", "ncnn"),
         ("pnnx", "pnnx"), ("mnn", "MNN"), ("coremltools", "coremltools"), ("numpy", "numpy"), ("cattrs", "cattrs"),
         ("sageattention", "sageattention"), ("twine", "twine"),

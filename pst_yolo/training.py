@@ -114,26 +114,33 @@ def on_fit_epoch_end(trainer) -> None:
     if k == 0:
         return
     keep = os.environ.get(ENV_CHOICE, "1").strip() == "0"
+    # A time-limited run (`time=`, and each `yolo tune` iteration that sets it) is already at its limit: the choice
+    # tries fine attention everywhere and nowhere only (two validations, not one per PST layer more).
+    both_only = bool(getattr(trainer.args, "time", None))
     done = {}
     for path in (Path(trainer.last), Path(trainer.best)):
         if path.is_file():
-            done[path] = choose_fine(trainer.validator, path, k, keep=keep, previous=done)
+            done[path] = choose_fine(trainer.validator, path, k, keep=keep, previous=done, both_only=both_only)
 
 
-def settings(net, k: int) -> dict:
+def settings(net, k: int, both_only: bool = False) -> dict:
     """The fine settings the choice tries, as ``{name: {layer index: k}}`` in order of preference at a tie: every PST
-    layer at ``k`` (``str(k)``); with several PST layers, each alone (``f"{k}@{i}"``); none (``"0"``)."""
+    layer at ``k`` (``str(k)``); with several PST layers, each alone (``f"{k}@{i}"``, not with ``both_only``); none
+    (``"0"``)."""
     layers = [i for i, m in enumerate(deployed(net).model) if pst_attention(m)]
     tried = {str(k): dict.fromkeys(layers, k)}
-    if len(layers) > 1:
+    if len(layers) > 1 and not both_only:
         tried.update({f"{k}@{i}": {j: k if j == i else 0 for j in layers} for i in layers})
     tried["0"] = dict.fromkeys(layers, 0)
     return tried
 
 
-def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dict | None = None) -> dict:
+def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dict | None = None,
+                both_only: bool = False) -> dict:
     """Validate checkpoint ``path`` at every setting of :func:`settings` and store the best in it (the first in their
-    order at a tie: fine attention where it does not cost); returns ``ckpt["pst_fine"]``.
+    order at a tie: fine attention where it does not cost); returns ``ckpt["pst_fine"]``. The checkpoint's
+    ``train_metrics`` become the chosen setting's (what ``yolo tune`` reads as an iteration's fitness: the setting
+    that deploys, not the training setting the epoch's validation ran at).
 
     Args:
         validator: An Ultralytics validator (the trainer's: same data, image size and batch as training).
@@ -141,23 +148,27 @@ def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dic
         k (int): The fine setting to try (in all PST layers, and in each alone).
         keep (bool): Do not choose: store ``k`` in every layer (the layers' own setting), with every figure.
         previous (dict | None): Choices already made in this run, by path: a checkpoint of the same epoch reuses them.
+        both_only (bool): Try ``k`` in every layer and in none only (see :func:`settings`).
     """
     from ultralytics.utils import LOGGER
     from ultralytics.utils.patches import torch_load
 
     ckpt = torch_load(path, map_location="cpu")
-    tried = settings(ckpt["ema"] if isinstance(ckpt.get("ema"), torch.nn.Module) else ckpt["model"], k)
+    tried = settings(ckpt["ema"] if isinstance(ckpt.get("ema"), torch.nn.Module) else ckpt["model"], k, both_only)
     same = next((c for p, c in (previous or {}).items() if c.get("epoch") == ckpt.get("epoch")), None)
     start = time.perf_counter()
     if same is not None:
-        fitness, per_image = same["fitness"], None
+        fitness, per_image, metrics = same["fitness"], None, same.get("_metrics", {})
     else:
-        fitness, per_image = {}, {}
+        fitness, per_image, metrics = {}, {}, {}
         for setting, layers in tried.items():
             with fine_gain.per_image_stats(validator, per_image.setdefault(setting, {})):
-                fitness[setting] = _validate(validator, ckpt, layers, path.parent / f".pst-fine-{setting}.pt")
+                metrics[setting] = _validate(validator, ckpt, layers, path.parent / f".pst-fine-{setting}.pt")
+            fitness[setting] = round(float(metrics[setting].get("fitness", 0.0)), 6)
     seconds = time.perf_counter() - start
     name = str(k) if keep else max(tried, key=lambda n: (fitness[n], -list(tried).index(n)))
+    if isinstance(ckpt.get("train_metrics"), dict) and name in metrics:
+        ckpt["train_metrics"].update({key: v for key, v in metrics[name].items() if key in ckpt["train_metrics"]})
     info = {"k": max(tried[name].values()), "layers": {str(i): v for i, v in tried[name].items()}, "setting": name,
             "fitness": fitness, "epoch": ckpt.get("epoch"), "chosen_by": "kept" if keep else "fitness"}
     if same is not None:
@@ -166,6 +177,7 @@ def choose_fine(validator, path: Path, k: int, keep: bool = False, previous: dic
         info.update(_gain_and_cost(ckpt, tried, name if name != "0" else str(k), per_image, validator))
     store_fine(ckpt, info, k)
     torch.save(ckpt, path)
+    info["_metrics"] = metrics  # for a checkpoint of the same epoch (previous=), not stored
     figures = ", ".join(f"{f:.5f} at {setting_label(n)}" for n, f in fitness.items())
     cost = "reused from the same epoch" if same is not None else f"{len(tried)} validations, {seconds:.1f} s"
     what = fine_gain.describe(info)
@@ -224,9 +236,9 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
-def _validate(validator, ckpt: dict, layers: dict, scratch: Path) -> float:
-    """Fitness of checkpoint ``ckpt`` with fine attention at ``layers`` ({layer index: k}), written to ``scratch`` and
-    loaded from there the way ``yolo val`` loads a checkpoint; no plots."""
+def _validate(validator, ckpt: dict, layers: dict, scratch: Path) -> dict:
+    """The validator's metrics (fitness included) of checkpoint ``ckpt`` with fine attention at ``layers`` ({layer
+    index: k}), written to ``scratch`` and loaded from there the way ``yolo val`` loads a checkpoint; no plots."""
     import copy
 
     trial = dict(ckpt)
@@ -246,4 +258,4 @@ def _validate(validator, ckpt: dict, layers: dict, scratch: Path) -> float:
     finally:
         validator.args.plots, validator.args.compile = plots, compiled
         scratch.unlink(missing_ok=True)
-    return round(float(stats.get("fitness", 0.0)), 6)
+    return {key: float(v) for key, v in stats.items() if isinstance(v, (int, float))}

@@ -8,12 +8,17 @@ inherits this environment; tests/test_offline.py proves that nothing reaches out
 
 Both cores: with pytest-xdist installed (the ``test`` extra) a plain ``python -m pytest`` runs on one worker per CPU
 core (at most 4), one thread each; ``-n 0`` or ``-p no:xdist`` runs in one process. Tests that share a module-scoped
-fixture (a trained checkpoint, an export) stay on one worker (``xdist_group`` by module, ``--dist loadgroup``), so each
-is still made once.
+fixture (a trained checkpoint, an export) stay on one worker, so each is still made once: the workers mark them
+(``xdist_group`` by module) and list their modules in a folder the controller's scheduler reads (``_ModuleGroups``).
+xdist's own ``--dist loadgroup`` cannot do it here: its workers re-read the command line (not the options set below),
+and from pytest 9.2 on the group suffix it writes into ``item._nodeid`` is no longer part of the node id.
 """
 
+import glob
+import json
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -32,9 +37,13 @@ os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="pst-yolo-tests-ultralyt
 seed_fonts()  # into the folder Ultralytics derives from YOLO_CONFIG_DIR
 
 MAX_WORKERS = 4
+GROUPS_DIR = "PST_TEST_GROUPS_DIR"  # where each worker lists the tests that must share one
+_made_groups_dir = []
 
 
 def _cores() -> int:
+    if os.environ.get("PST_TEST_CORES"):  # tests/test_suite_setup.py: two workers whatever the machine
+        return int(os.environ["PST_TEST_CORES"])
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -43,17 +52,49 @@ def _cores() -> int:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own (also tryfirst, registered earlier), which turns -n into workers
 def pytest_cmdline_main(config):
-    """Run on one xdist worker per core unless the command line chose (``-n``, ``--dist``) or xdist is off."""
+    """Run on one xdist worker per core unless the command line chose (``-n``, ``--dist``) or xdist is off; a plain
+    ``-n N`` keeps the module groups too."""
     if WORKER or not config.pluginmanager.hasplugin("xdist"):
         return
     option = config.option
-    if getattr(option, "numprocesses", None) is not None or getattr(option, "dist", "no") != "no":
-        return
     if option.collectonly or getattr(option, "usepdb", False):
         return
-    workers = min(_cores(), MAX_WORKERS)
-    if workers > 1:
-        option.numprocesses, option.dist = workers, "loadgroup"
+    if getattr(option, "numprocesses", None) is None and getattr(option, "dist", "no") == "no":
+        workers = min(_cores(), MAX_WORKERS)
+        if workers > 1:
+            option.numprocesses = workers
+    if getattr(option, "numprocesses", None) and option.dist == "no":
+        option.dist = "loadgroup"
+    if option.dist == "loadgroup":
+        _made_groups_dir.append(tempfile.mkdtemp(prefix="pst-yolo-test-groups-"))
+        os.environ[GROUPS_DIR] = _made_groups_dir[0]  # the workers inherit it
+
+
+def pytest_unconfigure(config):
+    if _made_groups_dir:
+        import shutil
+
+        shutil.rmtree(_made_groups_dir[0], ignore_errors=True)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With ``--dist loadgroup``: whole modules that share a fixture to one worker, every other test on its own."""
+    if config.getvalue("dist") != "loadgroup" or not os.environ.get(GROUPS_DIR):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class _ModuleGroups(LoadScopeScheduling):
+        """xdist's scope scheduling with a test's scope its module when the workers grouped the test, else the test."""
+
+        grouped = None
+
+        def _split_scope(self, nodeid):
+            if self.grouped is None:  # read once, after every worker has collected (the scheduler waits for it)
+                files = glob.glob(os.path.join(os.environ[GROUPS_DIR], "*.json"))
+                self.grouped = set().union(*(json.loads(Path(f).read_text()) for f in files))
+            return nodeid.split("::", 1)[0] if nodeid in self.grouped else nodeid
+
+    return _ModuleGroups(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -71,3 +112,7 @@ def pytest_collection_modifyitems(config, items):
         )
         if shared:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    if WORKER and os.environ.get(GROUPS_DIR):
+        grouped = [item.nodeid for item in items if item.get_closest_marker("xdist_group")]
+        with open(os.path.join(os.environ[GROUPS_DIR], f"{WORKER}.json"), "w") as f:
+            json.dump(grouped, f)

@@ -81,3 +81,23 @@ def test_lookalike_set_has_many_confusable_classes(tmp_path):
         classes |= {int(r[0]) for r in rows}
     assert len(CHARACTERS) == 10 and classes == set(range(10))
     assert 2 <= np.mean(per_image) <= 4
+
+
+def test_scans_set_has_small_real_digits_from_disjoint_writers(tmp_path):
+    """The fifth study set: scikit-learn's digit scans, 8-20 px at 160 px, all ten classes, and the validation images
+    drawing on scans the training images never use (the two halves of the 1,797 scans)."""
+    from pst_yolo.data import make_scans_dataset
+    from pst_yolo.data.scans import SIZE_RANGE as SCAN_SIZES
+    from pst_yolo.data.scans import _Scenes, _digits
+
+    data = Path(make_scans_dataset(tmp_path / "scans", n_train=40, n_val=10, imgsz=160, seed=0))
+    sizes, per_image, classes = [], [], set()
+    for label in (data.parent / "labels" / "train").glob("*.txt"):
+        rows = [list(map(float, line.split())) for line in label.read_text().splitlines()]
+        per_image.append(len(rows))
+        classes |= {int(r[0]) for r in rows}
+        sizes += [max(r[3], r[4]) * 160 for r in rows]
+    assert classes == set(range(10)) and np.mean(per_image) >= 4
+    assert SCAN_SIZES[0] - 3 <= min(sizes) and max(sizes) <= SCAN_SIZES[1] + 1 and np.median(sizes) < 16
+    train, val = _Scenes(40).pools
+    assert not set(train) & set(val) and len(train) + len(val) == len(_digits()[0]) == 1797

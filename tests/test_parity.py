@@ -158,6 +158,6 @@ def test_fine_choice_validates_eagerly_whatever_compile_says(tmp_path):
 
     ckpt = {"model": Model("yolo11n-pst-res.yaml").model, "epoch": 0}
     validator = Validator()
-    fitness = training._validate(validator, ckpt, {13: 8}, tmp_path / "trial.pt")
-    assert fitness == 0.5 and seen == [(False, False, True)]
+    metrics = training._validate(validator, ckpt, {13: 8}, tmp_path / "trial.pt")
+    assert metrics == {"fitness": 0.5} and seen == [(False, False, True)]
     assert validator.args.compile is True and validator.args.plots is True

@@ -9,6 +9,8 @@
   a cup and a motorcycle cut from the photographs bundled with scikit-image (``pst_yolo.data.photos``).
 - ``lookalike``: a fourth detection set where naming an object is the hard part: 10 classes of confusable characters
   (``0 O Q D C G``, ``8 B 3``, ``S``; ``pst_yolo.data.lookalike``).
+- ``scans``: a fifth detection set of real handwriting scans: 8-20 px digits (scikit-learn's bundled scans, disjoint
+  writers per split) on real scanned pages, 10 fine-grained classes (``pst_yolo.data.scans``).
 
 Usage:
     python -m pst_yolo.data --out demo_data          # writes demo_data/<kind>/ for every kind above
@@ -21,6 +23,7 @@ from pathlib import Path
 from pst_yolo.data.clutter import GLYPHS, make_clutter_dataset
 from pst_yolo.data.lookalike import make_lookalike_dataset
 from pst_yolo.data.photos import make_photo_dataset
+from pst_yolo.data.scans import make_scans_dataset
 from pst_yolo.data.shapes import (
     CLASSES,
     make_classification_dataset,
@@ -32,7 +35,8 @@ from pst_yolo.data.shapes import (
 
 __all__ = [
     "CLASSES", "GLYPHS", "MAKERS", "make_classification_dataset", "make_clutter_dataset", "make_demo_data",
-    "make_detection_dataset", "make_lookalike_dataset", "make_obb_dataset", "make_photo_dataset", "make_pose_dataset", "make_segmentation_dataset",
+    "make_detection_dataset", "make_lookalike_dataset", "make_obb_dataset", "make_photo_dataset", "make_pose_dataset", "make_scans_dataset",
+    "make_segmentation_dataset",
 ]
 # task -> generator of its demo data set (the data YAML, or the ImageFolder root for classification)
 MAKERS = {
@@ -44,6 +48,7 @@ MAKERS = {
     "clutter": make_clutter_dataset,
     "photos": make_photo_dataset,
     "lookalike": make_lookalike_dataset,
+    "scans": make_scans_dataset,
 }
 
 
