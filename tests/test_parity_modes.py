@@ -181,8 +181,10 @@ def test_tracking_works_as_on_stock(runs, tracker):
             assert r.boxes is not None and (r.boxes.id is None or len(r.boxes.id) == len(r.boxes)), model
 
 
-def test_benchmark_mode_works_as_on_stock(runs):
+def test_benchmark_mode_works_as_on_stock(runs, tmp_path, monkeypatch):
     from ultralytics.utils.benchmarks import benchmark
+
+    monkeypatch.chdir(tmp_path)  # benchmark() writes benchmarks.log into the working directory
 
     def bench(model):
         return benchmark(model=str(runs.dirs[model][0] / "weights" / "last.pt"), data=str(runs.data), imgsz=IMGSZ,
