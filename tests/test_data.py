@@ -40,17 +40,23 @@ def test_every_data_set_is_deterministic_and_valid_for_ultralytics(kind, tmp_pat
         assert all(0 <= int(r[0]) < len(info["names"]) and all(0 <= v <= 1 for v in r[1:5]) for r in rows), label
 
 
-def test_photo_set_has_many_small_real_objects(tmp_path):
-    """Objects 8-32 px at 160 px (the P3 regime), several per image, every class present, backgrounds that differ."""
-    import cv2
-
-    data = Path(make_photo_dataset(tmp_path / "photos", n_train=40, n_val=10, imgsz=160, seed=0))
+def _train_label_stats(data: Path, imgsz: int):
+    """(object long sides in pixels, objects per image, classes seen) of a detection set's training labels."""
     sizes, per_image, classes = [], [], set()
     for label in (data.parent / "labels" / "train").glob("*.txt"):
         rows = [list(map(float, line.split())) for line in label.read_text().splitlines()]
         per_image.append(len(rows))
         classes |= {int(r[0]) for r in rows}
-        sizes += [max(r[3], r[4]) * 160 for r in rows]
+        sizes += [max(r[3], r[4]) * imgsz for r in rows]
+    return sizes, per_image, classes
+
+
+def test_photo_set_has_many_small_real_objects(tmp_path):
+    """Objects 8-32 px at 160 px (the P3 regime), several per image, every class present, backgrounds that differ."""
+    import cv2
+
+    data = Path(make_photo_dataset(tmp_path / "photos", n_train=40, n_val=10, imgsz=160, seed=0))
+    sizes, per_image, classes = _train_label_stats(data, 160)
     assert classes == set(range(len(CLASSES)))
     assert np.mean(per_image) >= 5 and max(per_image) <= 12
     lo, hi = SIZE_RANGE
@@ -91,12 +97,7 @@ def test_scans_set_has_small_real_digits_from_disjoint_writers(tmp_path):
     from pst_yolo.data.scans import _Scenes, _digits
 
     data = Path(make_scans_dataset(tmp_path / "scans", n_train=40, n_val=10, imgsz=160, seed=0))
-    sizes, per_image, classes = [], [], set()
-    for label in (data.parent / "labels" / "train").glob("*.txt"):
-        rows = [list(map(float, line.split())) for line in label.read_text().splitlines()]
-        per_image.append(len(rows))
-        classes |= {int(r[0]) for r in rows}
-        sizes += [max(r[3], r[4]) * 160 for r in rows]
+    sizes, per_image, classes = _train_label_stats(data, 160)
     assert classes == set(range(10)) and np.mean(per_image) >= 4
     assert SCAN_SIZES[0] - 3 <= min(sizes) and max(sizes) <= SCAN_SIZES[1] + 1 and np.median(sizes) < 16
     train, val = _Scenes(40).pools
