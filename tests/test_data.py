@@ -102,3 +102,15 @@ def test_scans_set_has_small_real_digits_from_disjoint_writers(tmp_path):
     assert SCAN_SIZES[0] - 3 <= min(sizes) and max(sizes) <= SCAN_SIZES[1] + 1 and np.median(sizes) < 16
     train, val = _Scenes(40).pools
     assert not set(train) & set(val) and len(train) + len(val) == len(_digits()[0]) == 1797
+
+
+def test_scans_digit_size_makes_larger_digits_and_rejects_bad_sizes(tmp_path):
+    """``digit_size``: the easier variant of the scans set (digits 14-28 px at 160 px), a separate cache from the
+    default's, and a clear error for a size range that cannot be drawn."""
+    from pst_yolo.data import make_scans_dataset
+
+    data = Path(make_scans_dataset(tmp_path / "large", n_train=40, n_val=10, imgsz=160, seed=0, digit_size=(14, 28)))
+    sizes, _, _ = _train_label_stats(data, 160)
+    assert 11 <= min(sizes) and max(sizes) <= 29 and np.median(sizes) >= 18
+    with pytest.raises(ValueError, match=r"digit_size=\(20, 10\)"):
+        make_scans_dataset(tmp_path / "bad", n_train=4, n_val=2, digit_size=(20, 10))

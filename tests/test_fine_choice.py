@@ -75,28 +75,32 @@ def test_checkpoints_store_the_choice_and_the_trainer_reports_it(trained):
     assert val == final
 
 
-@pytest.mark.parametrize("k", [0, 8])
-def test_val_predict_and_export_use_the_stored_setting(trained, tmp_path, k):
-    """A checkpoint storing k (the other outcome of the choice stored by the same function): the stock commands use it,
-    PST_TOPK overrides it."""
-    ckpt = _ckpt(trained["weights"] / "best.pt")
-    store_fine(ckpt, {"k": k}, 8)  # no per-layer entries: every PST layer at k
-    weights = tmp_path / f"k{k}.pt"
-    torch.save(ckpt, weights)
+def test_val_predict_and_export_use_the_stored_setting(trained, tmp_path):
+    """Checkpoints storing k=0 and k=8 (both outcomes of the choice, stored by the same function): the stock commands
+    use the stored k, and PST_TOPK overrides it (forced on the k=0 checkpoint, it gives what the k=8 one stores, and
+    the other way round)."""
     root, data = trained["root"], trained["data"]
     common = [f"data={data}", f"imgsz={IMGSZ}", "batch=8", "device=cpu", "plots=False", f"project={tmp_path / 'v'}"]
-    stored = _map(_run(YOLO, "val", f"model={weights}", *common, "name=s", cwd=root))
-    forced = {kk: _map(_run(YOLO, "val", f"model={weights}", *common, f"name=f{kk}", cwd=root,
-                            env={"PST_TOPK": str(kk)})) for kk in (0, 8)}
-    assert stored == forced[k]
-    code = (f"from ultralytics import YOLO; from pst_yolo.training import pst_attention; m = YOLO(r'{weights}'); "
-            f"m.predict(r'{data.parent / 'images' / 'val'}', imgsz={IMGSZ}, device='cpu', verbose=False); "
-            "print('TOPK', sorted({a.topk for a in pst_attention(m.predictor.model.model)}))")
-    assert f"TOPK [{k}]" in _run(sys.executable, "-c", code, cwd=root)
+    weights = {}
+    for k in (0, 8):
+        ckpt = _ckpt(trained["weights"] / "best.pt")
+        store_fine(ckpt, {"k": k}, 8)  # no per-layer entries: every PST layer at k
+        weights[k] = tmp_path / f"k{k}.pt"
+        torch.save(ckpt, weights[k])
+    stored = {k: _map(_run(YOLO, "val", f"model={weights[k]}", *common, f"name=s{k}", cwd=root)) for k in (0, 8)}
+    forced = {k: _map(_run(YOLO, "val", f"model={weights[8 - k]}", *common, f"name=f{k}", cwd=root,
+                           env={"PST_TOPK": str(k)})) for k in (0, 8)}
+    assert stored == forced
+    for k in (0, 8):
+        code = (f"from ultralytics import YOLO; from pst_yolo.training import pst_attention; m = YOLO(r'{weights[k]}'); "
+                f"m.predict(r'{data.parent / 'images' / 'val'}', imgsz={IMGSZ}, device='cpu', verbose=False); "
+                "print('TOPK', sorted({a.topk for a in pst_attention(m.predictor.model.model)}))")
+        assert f"TOPK [{k}]" in _run(sys.executable, "-c", code, cwd=root)
     onnx = pytest.importorskip("onnx")
-    _run(YOLO, "export", f"model={weights}", "format=onnx", f"imgsz={IMGSZ}", cwd=root)
-    ops = {n.op_type for n in onnx.load(str(weights.with_suffix(".onnx"))).graph.node}
-    assert ("TopK" in ops) == (k > 0)
+    for k in (0, 8):
+        _run(YOLO, "export", f"model={weights[k]}", "format=onnx", f"imgsz={IMGSZ}", cwd=root)
+        ops = {n.op_type for n in onnx.load(str(weights[k].with_suffix(".onnx"))).graph.node}
+        assert ("TopK" in ops) == (k > 0)
 
 
 def test_fine_choice_can_be_switched_off(tmp_path):

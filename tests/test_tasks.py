@@ -2,8 +2,8 @@
 YOLO26 family with its end-to-end (NMS-free) heads, and the recommended residual-PST models (``pst_yolo.zoo``).
 
 Every task model builds by name at every scale; each model of ``CHAIN`` trains one epoch on its task's demo data with
-the stock ``yolo <task> train``, validates with fine attention off and on, predicts, exports to ONNX with fine
-attention and matches onnxruntime. YOLO26 PST models give outputs of the shape the stock YOLO26 model gives.
+the stock ``yolo <task> train``, validates with fine attention off and on, exports to ONNX with fine attention and
+matches onnxruntime; the stock ``yolo <task> predict`` runs once per task and head family. YOLO26 PST models give outputs of the shape the stock YOLO26 model gives.
 """
 
 from __future__ import annotations
@@ -103,21 +103,29 @@ def trained(request, tmp_path_factory):
 
 @pytest.mark.slow
 def test_task_validates_with_fine_attention_off_and_on(trained):
+    """Fine attention off (k=0) and on (k=8) both validated by the task's stock validator: the training's fine choice
+    ran it at both settings (their fitness is in the checkpoint), and the stock `yolo <task> val` runs fine attention
+    on (PST_TOPK=8, whatever the checkpoint stores) and prints its metric row."""
     task, work, data, last = trained
-    metrics = {}
-    for k in (0, 8):  # the stock `yolo <task> val`, k from PST_TOPK
-        out = _cli(task, "val", f"model={last}", f"data={data}", f"imgsz={IMGSZ}", "batch=8", "device=cpu",
-                   "plots=False", cwd=work, env={"PST_TOPK": str(k)})
-        metrics[k] = [line for line in out.splitlines() if line.strip().startswith("all ")]
-        assert metrics[k], out[-2000:]
+    fitness = torch.load(last, weights_only=False)["pst_fine"]["fitness"]
+    assert {"0", "8"} <= set(fitness) and all(np.isfinite(v) for v in fitness.values()), fitness
+    out = _cli(task, "val", f"model={last}", f"data={data}", f"imgsz={IMGSZ}", "batch=8", "device=cpu",
+               "plots=False", cwd=work, env={"PST_TOPK": "8"})
+    assert [line for line in out.splitlines() if line.strip().startswith("all ")], out[-2000:]
     model = YOLO(str(last))
     assert {m.topk for m in model.model.modules() if isinstance(m, PyramidSparseAttention)} == {8}
     assert model.task == task
 
 
 @pytest.mark.slow
-def test_task_predicts_with_the_stock_cli(trained):
+def test_task_predicts_with_the_stock_cli(trained, request):
+    """The stock `yolo <task> predict` once per task and head family (YOLO11, YOLO26): the predictor's code depends on
+    the task's head, not on the PST layout, which validation and export check for every model."""
     task, work, data, last = trained
+    name = request.node.callspec.params["trained"][1]
+    first = next(n for t, n in CHAIN if t == task and n[:6] == name[:6])
+    if name != first:
+        pytest.skip(f"the {task} head of {name[:6]} predicts in {first}'s test")
     out = _cli(task, "predict", f"model={last}", f"source={data.parent / 'images' / 'val'}", f"imgsz={IMGSZ}",
                "device=cpu", "save=False", "conf=0.001", cwd=work)
     assert out.count("image ") >= 6 or "6 images" in out or "Speed:" in out, out[-1500:]

@@ -65,8 +65,8 @@ class _Scenes:
     """``make_image`` for :func:`write_yolo`: the first ``n_train`` images take digits from one half of the scans,
     the rest from the other half."""
 
-    def __init__(self, n_train):
-        self.n_train, self.count = n_train, 0
+    def __init__(self, n_train, digit_size=SIZE_RANGE):
+        self.n_train, self.count, self.digit_size = n_train, 0, digit_size
         images, _ = _digits()
         order = np.random.default_rng(1797).permutation(len(images))
         self.pools = order[: len(order) // 2], order[len(order) // 2 :]
@@ -78,7 +78,7 @@ class _Scenes:
         pool = self.pools[self.count >= self.n_train]
         self.count += 1
         img = _background(rng, size)
-        lo, hi = (max(6, round(v * size / 160)) for v in SIZE_RANGE)
+        lo, hi = (max(6, round(v * size / 160)) for v in self.digit_size)
         taken = np.zeros((size, size), bool)
         labels_out = []
         for _ in range(int(rng.integers(4, 11))):
@@ -103,14 +103,20 @@ class _Scenes:
         return np.clip(img, 0, 255).astype(np.uint8), labels_out
 
 
-def make_scans_dataset(root, n_train=600, n_val=300, imgsz=160, seed=0):
+def make_scans_dataset(root, n_train=600, n_val=300, imgsz=160, seed=0, digit_size=SIZE_RANGE):
     """Write the scanned-digits detection data set (10 classes of 8-20 px handwritten digit scans on scanned pages);
     returns its data YAML.
 
-    Args: as :func:`pst_yolo.data.make_detection_dataset`. Reads scikit-learn's and scikit-image's bundled files;
+    Args: as :func:`pst_yolo.data.make_detection_dataset`; ``digit_size`` is the (min, max) long side of a digit in
+    pixels at 160 px (scaled with ``imgsz``): larger digits make an easier set. Reads scikit-learn's and scikit-image's bundled files;
     nothing is downloaded.
     """
     _digits(), _pages()  # fail before any folder is written when a bundled file is missing
+    lo, hi = (int(v) for v in digit_size)
+    if not 4 <= lo <= hi:
+        raise ValueError(f"pst-yolo scans data: digit_size={tuple(digit_size)} must be (min, max) with 4 <= min <= max")
     params = dict(kind="scans", n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed)
-    return write_yolo(root, params, list(CLASSES), _Scenes(n_train), n_train, n_val, imgsz, seed,
+    if (lo, hi) != SIZE_RANGE:  # the default's cache key stays as it was
+        params["digit_size"] = [lo, hi]
+    return write_yolo(root, params, list(CLASSES), _Scenes(n_train, (lo, hi)), n_train, n_val, imgsz, seed,
                       "pst-yolo scanned-digits detection data (scikit-learn's digit scans on scikit-image's pages)")

@@ -67,7 +67,7 @@ def parser():
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and few runs: checks the code paths, not the figures")
     p.add_argument("--out", default="runs/gpu-check", help="folder for gpu_check.md, gpu_check.json and the runs")
-    p.add_argument("--epochs", type=int, default=None, help="cli: training epochs (default 10; smoke 3)")
+    p.add_argument("--epochs", type=int, default=None, help="cli: training epochs (default 10; smoke 1)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per measurement (default 50; smoke 2)")
     p.add_argument("--modes", nargs="+", default=None, choices=("eager", "cudagraph", "compile"),
                    help="latency modes (default all three; on a CPU eager only)")
@@ -96,7 +96,7 @@ def parse_args(argv=None):
     if a.cuda and not torch.cuda.is_available():
         p.error(f"--device {a.device}: no CUDA device is visible to torch {torch.__version__}")
     a.torch_device = f"cuda:{a.device}" if a.cuda else "cpu"
-    a.epochs = a.epochs or (3 if a.smoke else 10)
+    a.epochs = a.epochs or (1 if a.smoke else 10)
     a.runs = a.runs or (2 if a.smoke else 50)
     a.modes = a.modes or (["eager", "cudagraph", "compile"] if a.cuda else ["eager"])
     a.imgsz = 64 if a.smoke else 640
