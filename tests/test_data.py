@@ -114,3 +114,12 @@ def test_scans_digit_size_makes_larger_digits_and_rejects_bad_sizes(tmp_path):
     assert 11 <= min(sizes) and max(sizes) <= 29 and np.median(sizes) >= 18
     with pytest.raises(ValueError, match=r"digit_size=\(20, 10\)"):
         make_scans_dataset(tmp_path / "bad", n_train=4, n_val=2, digit_size=(20, 10))
+    from pst_yolo.tools.data import main
+
+    with pytest.raises(SystemExit, match="--digit-size applies to --kinds scans only"):
+        main(["--kinds", "clutter", "--digit-size", "14", "28", "--out", str(tmp_path / "cli")])
+    assert main(["--kinds", "scans", "--digit-size", "14", "28", "--n-train", "40", "--n-val", "10", "--imgsz", "160",
+                 "--out", str(tmp_path / "cli")]) == 0
+    labels = [sorted(p.read_text() for p in (root / "labels" / "train").glob("*.txt"))
+              for root in (tmp_path / "cli" / "scans", tmp_path / "large")]
+    assert labels[0] == labels[1]  # the command writes what the function does
