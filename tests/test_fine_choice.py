@@ -92,7 +92,8 @@ def test_val_predict_and_export_use_the_stored_setting(trained, tmp_path):
                            env={"PST_TOPK": str(k)})) for k in (0, 8)}
     assert stored == forced
     for k in (0, 8):
-        code = (f"from ultralytics import YOLO; from pst_yolo.training import pst_attention; m = YOLO(r'{weights[k]}'); "
+        code = (f"from ultralytics import YOLO; from pst_yolo.training import pst_attention; "
+                f"m = YOLO(r'{weights[k]}'); "
                 f"m.predict(r'{data.parent / 'images' / 'val'}', imgsz={IMGSZ}, device='cpu', verbose=False); "
                 "print('TOPK', sorted({a.topk for a in pst_attention(m.predictor.model.model)}))")
         assert f"TOPK [{k}]" in _run(sys.executable, "-c", code, cwd=root)

@@ -3,7 +3,8 @@ YOLO26 family with its end-to-end (NMS-free) heads, and the recommended residual
 
 Every task model builds by name at every scale; each model of ``CHAIN`` trains one epoch on its task's demo data with
 the stock ``yolo <task> train``, validates with fine attention off and on, exports to ONNX with fine attention and
-matches onnxruntime; the stock ``yolo <task> predict`` runs once per task and head family. YOLO26 PST models give outputs of the shape the stock YOLO26 model gives.
+matches onnxruntime; the stock ``yolo <task> predict`` runs once per task and head family. YOLO26 PST models give
+outputs of the shape the stock YOLO26 model gives.
 """
 
 from __future__ import annotations

@@ -104,12 +104,12 @@ class _Scenes:
 
 
 def make_scans_dataset(root, n_train=600, n_val=300, imgsz=160, seed=0, digit_size=SIZE_RANGE):
-    """Write the scanned-digits detection data set (10 classes of 8-20 px handwritten digit scans on scanned pages);
-    returns its data YAML.
+    """Write the scanned-digits detection data set (10 classes of handwritten digit scans, 8-20 px by default, on
+    scanned pages); returns its data YAML.
 
     Args: as :func:`pst_yolo.data.make_detection_dataset`; ``digit_size`` is the (min, max) long side of a digit in
-    pixels at 160 px (scaled with ``imgsz``): larger digits make an easier set. Reads scikit-learn's and scikit-image's bundled files;
-    nothing is downloaded.
+    pixels at 160 px (scaled with ``imgsz``): larger digits make an easier set. Reads scikit-learn's and
+    scikit-image's bundled files; nothing is downloaded.
     """
     _digits(), _pages()  # fail before any folder is written when a bundled file is missing
     lo, hi = (int(v) for v in digit_size)
