@@ -5,8 +5,8 @@ Two checkpoints: the demo-trained yolo11n-pst of tests/data, on new images of th
 exported model's mAP equals the PyTorch model's), and the same checkpoint with its attention sharpened (q/k BatchNorm
 gains x3, output projection x4), on which fine attention moves the raw outputs far more than the formats' own
 rounding does, so that "the file computes k=8" is told apart from "the file computes k=0". The toolchains come with
-the test extra (ncnn + pnnx, MNN, coremltools). The other formats (ExecuTorch, LiteRT, TF SavedModel, PaddlePaddle) need large toolchains; pst-yolo export-matrix
-covers them (docs/deployment.md).
+the test extra (ncnn + pnnx, MNN, coremltools). The other formats (ExecuTorch, LiteRT, TF SavedModel, PaddlePaddle)
+need large toolchains; pst-yolo export-matrix covers them (docs/deployment.md).
 """
 
 from __future__ import annotations
