@@ -116,3 +116,23 @@ def pytest_collection_modifyitems(config, items):
         grouped = [item.nodeid for item in items if item.get_closest_marker("xdist_group")]
         with open(os.path.join(os.environ[GROUPS_DIR], f"{WORKER}.json"), "w") as f:
             json.dump(grouped, f)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Test time per module (setup + call + teardown, summed over the workers: the suite's wall time is about this
+    total over the worker count), so CI's log shows what each part of the suite costs, the parity suite among them."""
+    per_module: dict = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown") and hasattr(report, "nodeid"):
+                module = report.nodeid.split("::")[0]
+                per_module[module] = per_module.get(module, 0.0) + float(getattr(report, "duration", 0.0) or 0.0)
+    if not per_module:
+        return
+    total = sum(per_module.values())
+    terminalreporter.write_sep("=", f"test time per module: {total:.0f} s in all")
+    for module, seconds in sorted(per_module.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:7.1f} s {100 * seconds / total:5.1f}%  {module}")
+    parity = sum(s for m, s in per_module.items() if Path(m).name.startswith("test_parity"))
+    terminalreporter.write_line(f"parity suite (tests/test_parity*.py): {parity:.0f} s, {100 * parity / total:.1f}% "
+                                "of the test time")
