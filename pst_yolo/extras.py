@@ -34,8 +34,8 @@ EXTRAS = {
     "paddle": (("paddlepaddle", "paddle"), ("x2paddle", "x2paddle"), ("six", "six")),
     "test": (
         ("pytest", "pytest"), ("pytest-xdist", "xdist"), ("hatchling", "hatchling"), ("hypothesis", "hypothesis"),
-        ("lap", "lap"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"), ("openvino", "openvino"),
-        ("nncf", "nncf"), ("ncnn", "ncnn"),
+        ("lap", "lap"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxslim", "onnxslim"),
+        ("openvino", "openvino"), ("nncf", "nncf"), ("ncnn", "ncnn"),
         ("pnnx", "pnnx"), ("mnn", "MNN"), ("coremltools", "coremltools"), ("numpy", "numpy"), ("cattrs", "cattrs"),
         ("sageattention", "sageattention"), ("twine", "twine"),
     ),

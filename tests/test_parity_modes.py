@@ -35,8 +35,8 @@ COMMON = {"imgsz": IMGSZ, "batch": 8, "workers": 0, "device": "cpu", "seed": 0, 
           "verbose": False}
 # one run with every training argument that combines with the others; rect, classes and time= in a second (nbs: an
 # optimizer step every batch of this tiny set, not one per 64 images)
-TRAIN_ARGS = {"epochs": 2, "nbs": 8, "freeze": 3, "multi_scale": 0.25, "cache": "ram", "fraction": 0.75, "single_cls": False,
-              "optimizer": "AdamW", "cos_lr": True, "close_mosaic": 1, "save_period": 1, "patience": 5}
+TRAIN_ARGS = {"epochs": 2, "nbs": 8, "freeze": 3, "multi_scale": 0.25, "cache": "ram", "fraction": 0.75,
+              "single_cls": False, "optimizer": "AdamW", "cos_lr": True, "close_mosaic": 1, "save_period": 1, "patience": 5}
 TRAIN_ARGS_2 = {"epochs": 50, "nbs": 8, "time": 0.003, "rect": True, "classes": [0, 1], "single_cls": True}
 
 
@@ -60,7 +60,8 @@ def runs(tmp_path_factory):
         dirs = []
         for i, args in enumerate((TRAIN_ARGS, TRAIN_ARGS_2)):
             trainer_model = _yolo(model)
-            trainer_model.train(data=str(data), **COMMON, **args, project=str(root / "runs"), name=f"{_stem(model)}-{i}")
+            trainer_model.train(data=str(data), **COMMON, **args, project=str(root / "runs"),
+                                name=f"{_stem(model)}-{i}")
             dirs.append(Path(trainer_model.trainer.save_dir))
         out[model] = dirs
     images = sorted((Path(data).parent / "images" / "val").glob("*.png"))
@@ -81,7 +82,8 @@ def test_training_arguments_work_as_on_stock(runs):
         assert ckpt["train_args"]["optimizer"] == "AdamW" and ckpt["train_args"]["freeze"] == 3
         epoch1 = torch.load(weights / "epoch0.pt", weights_only=False)["ema"].state_dict()
         final = ckpt["model"].state_dict()
-        moved = {k.split(".")[1] for k in final if final[k].is_floating_point() and not torch.equal(final[k], epoch1[k])}
+        moved = {k.split(".")[1] for k in final
+                 if final[k].is_floating_point() and not torch.equal(final[k], epoch1[k])}
         assert moved and not moved & {"0", "1", "2"}, f"{model}: freeze=3 layers moved: {sorted(moved, key=int)}"
         rows = (first / "results.csv").read_text().splitlines()
         assert len(rows) == 3, f"{model}: {len(rows) - 1} epochs logged, not 2"

@@ -35,8 +35,8 @@ from pst_yolo.data.shapes import (
 
 __all__ = [
     "CLASSES", "GLYPHS", "MAKERS", "make_classification_dataset", "make_clutter_dataset", "make_demo_data",
-    "make_detection_dataset", "make_lookalike_dataset", "make_obb_dataset", "make_photo_dataset", "make_pose_dataset", "make_scans_dataset",
-    "make_segmentation_dataset",
+    "make_detection_dataset", "make_lookalike_dataset", "make_obb_dataset", "make_photo_dataset", "make_pose_dataset",
+    "make_scans_dataset", "make_segmentation_dataset",
 ]
 # task -> generator of its demo data set (the data YAML, or the ImageFolder root for classification)
 MAKERS = {
